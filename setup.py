@@ -1,0 +1,48 @@
+"""ipo-md: online IPO, IPO-MD and the preference-optimisation methods they are
+compared with, as a JAX/Flax T5X-style training framework."""
+
+import setuptools
+
+CORE = [
+    "jax>=0.7,<0.11",
+    "flax>=0.11,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "gin-config>=0.5,<0.6",
+    "seqio>=0.0.19,<0.1",
+    "tensorflow-datasets>=4.9,<5",
+    "sentencepiece>=0.2,<0.3",
+    "clu>=0.0.10,<0.1",
+    "tensorboard>=2.15,<3",
+    "absl-py>=2.0",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "matplotlib>=3.8",
+    "safetensors>=0.4",
+    "rouge-score>=0.1.2",
+]
+
+setuptools.setup(
+    name="ipo-md",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["ipo_md", "ipo_md.*"])
+    + ["ipo_md_tasks"],
+    package_dir={"ipo_md_tasks": "tasks"},
+    package_data={"ipo_md": ["gin/**/*.gin", "data/assets/*"]},
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # Parity tests against Hugging Face; kept apart so the core stays lean.
+        # torch 2.13.0 is the CPU wheel available offline on the dev machines.
+        "hf": ["torch==2.13.0", "transformers>=4.45"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ipo-md=ipo_md.cli.main:main",
+            "t5x=ipo_md.cli.main:main",
+        ]
+    },
+)

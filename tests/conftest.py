@@ -1,0 +1,27 @@
+"""Test-wide JAX settings: eight fake CPU devices, fast compiles, strict ranks.
+
+These must run before JAX initialises its backend, which is why they live in
+conftest rather than in each test module.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_platforms", "cpu")
+# CPU compile time dominates the tiny models of the test suite.
+jax.config.update("jax_disable_most_optimizations", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Real data samples, used by tests that skip themselves when it is absent.
+SHARED_DATA = pathlib.Path(
+    os.environ.get(
+        "IPO_MD_SHARED_DATA",
+        pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data",
+    )
+)

@@ -1,0 +1,54 @@
+"""The preference-signal interface: p(y > y' | x) for a batch of pairs.
+
+Online methods label their own samples with a preference signal inside the
+jitted train step. A trained preference model, an LLM judge and a programmatic
+oracle all implement the same protocol, so the step never knows which it has.
+"""
+
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+
+from ipo_md import types
+
+
+class PreferenceSignal(Protocol):
+  """p(y > y' | x), traceable under jax.jit.
+
+  `params` is the signal's own frozen parameter tree (None for signals without
+  parameters); the trainer passes it as a separate, non-differentiated input.
+  """
+
+  def __call__(
+      self,
+      params: types.PyTree,
+      inputs_BxLi: jax.Array,
+      y_BxT: jax.Array,
+      yp_BxT: jax.Array,
+  ) -> jax.Array:
+    """Returns p(y > y' | x), shape [batch], float32 in [0, 1]."""
+    ...
+
+
+def symmetrized(
+    signal: PreferenceSignal,
+    params: types.PyTree,
+    inputs_BxLi: jax.Array,
+    y_BxT: jax.Array,
+    yp_BxT: jax.Array,
+) -> jax.Array:
+  """0.5 * (p(y, y') + 1 - p(y', y)): an exactly antisymmetric preference.
+
+  A learned preference model is not antisymmetric by construction; the theory
+  of online IPO (Prop. 4.1) assumes it is (ALGORITHMS.md §6.5). Both orders
+  are evaluated in one call of `signal` on a doubled batch.
+  """
+  both = signal(
+      params,
+      jnp.concatenate([inputs_BxLi, inputs_BxLi], axis=0),
+      jnp.concatenate([y_BxT, yp_BxT], axis=0),
+      jnp.concatenate([yp_BxT, y_BxT], axis=0),
+  )
+  p_fwd, p_bwd = jnp.split(both, 2, axis=0)
+  return 0.5 * (p_fwd + 1.0 - p_bwd)

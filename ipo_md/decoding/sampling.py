@@ -1,0 +1,126 @@
+"""Ancestral sampling with a KV cache, against a tokens-to-logits callable.
+
+Decoding knows nothing of T5: it calls `tokens_to_logits(tokens_Bx1, cache)`
+which returns next-token logits, the updated cache and an `aux` dict of
+[B, V] log-prob tables (for example the policy's and the reference's, when the
+callable is a geometric mixture). The sampler records, for every sampled
+token, its log-prob under each aux table, so the train step can reuse the
+reference forward pass of the sampler (ALGORITHMS.md §6.5).
+
+The loop is a `lax.while_loop` that stops as soon as every row has emitted
+EOS; positions after a row's EOS hold `pad_id`.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+# (tokens [B, 1], cache) -> (logits [B, V], cache, aux {name: [B, V]}).
+TokensToLogits = Callable[[jax.Array, Any], tuple[jax.Array, Any, dict]]
+_NEG_INF = -1e10
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+  """How to sample. Temperature is applied after mixing (ALGORITHMS.md §3).
+
+  Attributes:
+    max_decode_length: number of decoding steps T (EOS included).
+    temperature: > 0; 1.0 samples the model's distribution (the default; the
+      paper's value is not found).
+    top_k: keep the k most likely tokens (0 = all).
+    top_p: nucleus sampling mass in (0, 1] (1.0 = all).
+    eos_id / pad_id / start_id: special ids (T5: 1 / 0 / 0).
+  """
+
+  max_decode_length: int
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  eos_id: int = 1
+  pad_id: int = 0
+  start_id: int = 0
+
+  def __post_init__(self):
+    if self.max_decode_length <= 0:
+      raise ValueError(
+          f"max_decode_length={self.max_decode_length} must be > 0.")
+    if self.temperature <= 0:
+      raise ValueError(
+          f"temperature={self.temperature} must be > 0; for greedy decoding "
+          "use top_k=1.")
+    if self.top_k < 0:
+      raise ValueError(f"top_k={self.top_k} must be >= 0 (0 = no cut).")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p={self.top_p} must be in (0, 1].")
+
+
+@flax.struct.dataclass
+class Samples:
+  """tokens [B, T] (pad after EOS); aux_logps {name: [B, T]}, 0 after EOS."""
+
+  tokens: jax.Array
+  aux_logps: dict[str, jax.Array]
+
+
+def filter_logits(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Temperature, then top-k, then top-p; the pad token is never sampled."""
+  logits = logits_BxV.astype(jnp.float32) / cfg.temperature
+  logits = logits.at[:, cfg.pad_id].set(_NEG_INF)
+  if cfg.top_k:
+    kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, _NEG_INF, logits)
+  if cfg.top_p < 1.0:
+    sorted_desc = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    # Keep a token when the mass strictly before it is < top_p.
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    cutoff = jnp.min(jnp.where(mass_before < cfg.top_p, sorted_desc, jnp.inf),
+                     axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, _NEG_INF, logits)
+  return logits
+
+
+def sample(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
+           batch_size: int, cfg: SamplingConfig) -> Samples:
+  """Samples [batch_size, cfg.max_decode_length] tokens (see module doc)."""
+  t_max = cfg.max_decode_length
+  _, _, aux0 = jax.eval_shape(
+      tokens_to_logits, jnp.zeros((batch_size, 1), jnp.int32), cache)
+  init = dict(
+      i=jnp.array(0, jnp.int32),
+      prev=jnp.full((batch_size, 1), cfg.start_id, jnp.int32),
+      tokens=jnp.full((batch_size, t_max), cfg.pad_id, jnp.int32),
+      aux={k: jnp.zeros((batch_size, t_max), jnp.float32) for k in aux0},
+      done=jnp.zeros((batch_size,), bool),
+      cache=cache,
+  )
+
+  def cond(s):
+    return (s["i"] < t_max) & ~jnp.all(s["done"])
+
+  def body(s):
+    logits, cache, aux = tokens_to_logits(s["prev"], s["cache"])
+    step_rng = jax.random.fold_in(rng, s["i"])
+    token = jax.random.categorical(step_rng, filter_logits(logits, cfg))
+    token = jnp.where(s["done"], cfg.pad_id, token).astype(jnp.int32)
+    record = {
+        k: jnp.where(s["done"], 0.0,
+                     jnp.take_along_axis(v, token[:, None], axis=1)[:, 0])
+        for k, v in aux.items()
+    }
+    i = s["i"]
+    return dict(
+        i=i + 1,
+        prev=token[:, None],
+        tokens=s["tokens"].at[:, i].set(token),
+        aux={k: s["aux"][k].at[:, i].set(record[k]) for k in record},
+        done=s["done"] | (token == cfg.eos_id),
+        cache=cache,
+    )
+
+  final = jax.lax.while_loop(cond, body, init)
+  return Samples(tokens=final["tokens"], aux_logps=final["aux"])

@@ -1,0 +1,257 @@
+"""T5 building blocks in Flax linen, with logical axis names on every parameter
+and activation (ipo_md.axes). The layers never name mesh axes.
+
+Shapes use nanodo-style suffixes: B batch, L query length, S key length,
+E emb_dim, H heads, D head_dim, F mlp_dim, V vocabulary.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ipo_md import axes
+from ipo_md.model import config as config_lib
+
+_NEG_INF = -1e10
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Sharding constraint in logical names (a no-op outside a mesh context)."""
+  return nn.with_logical_constraint(x, names)
+
+
+def _param(module, name, init, shape, names, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, names), shape,
+                      dtype)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, no bias; float32 math."""
+
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxLxE: jax.Array) -> jax.Array:
+    x = x_BxLxE.astype(jnp.float32)
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],),
+                   (axes.EMBED,), self.param_dtype)
+    var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    y = x * jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class Dense(nn.Module):
+  """A bias-free projection of the last axis with logical kernel axes."""
+
+  features: int
+  kernel_axes: tuple[str, str]
+  init_scale: float = 1.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fan_in = x.shape[-1]
+    init = nn.initializers.normal(stddev=self.init_scale / math.sqrt(fan_in))
+    kernel = _param(self, "kernel", init, (fan_in, self.features),
+                    self.kernel_axes, self.param_dtype)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+def relative_position_bucket(relative_position: np.ndarray | jax.Array, *,
+                             bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+  """T5's bucketing of key_position - query_position (Raffel et al. 2020).
+
+  Half the buckets (all of them when unidirectional) hold exact distances up to
+  num_buckets/2 (resp. /4); the rest grow logarithmically up to max_distance.
+  """
+  ret = 0
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  val_if_large = max_exact + (
+      jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+      / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(jnp.int32)
+  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nn.Module):
+  """Learned per-head bias of each relative-position bucket: [1, H, L, S]."""
+
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_pos_L: jax.Array, key_pos_S: jax.Array) -> jax.Array:
+    table_HxK = _param(self, "rel_embedding", nn.initializers.normal(1.0),
+                       (self.num_heads, self.num_buckets),
+                       (axes.HEADS, axes.RELPOS_BUCKETS), self.param_dtype)
+    buckets_LxS = relative_position_bucket(
+        key_pos_S[None, :] - query_pos_L[:, None],
+        bidirectional=self.bidirectional, num_buckets=self.num_buckets,
+        max_distance=self.max_distance)
+    bias_HxLxS = jnp.take(table_HxK.astype(jnp.float32), buckets_LxS, axis=1)
+    return bias_HxLxS[None]
+
+
+def dot_product_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS,
+                          dropout_rng=None, dropout_rate=0.0) -> jax.Array:
+  """Unscaled (T5) attention; softmax in float32. Returns [B, L, H, D]."""
+  logits = jnp.einsum("blhd,bshd->bhls", q_BxLxHxD, k_BxSxHxD,
+                      preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits + bias_BxHxLxS, axis=-1)
+  if dropout_rng is not None and dropout_rate > 0:
+    keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, weights.shape)
+    weights = weights * keep / (1 - dropout_rate)
+  return jnp.einsum("bhls,bshd->blhd", weights.astype(v_BxSxHxD.dtype),
+                    v_BxSxHxD)
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention. In decode mode it keeps a cache in the "cache" collection.
+
+  Self-attention (`is_cross=False`) caches keys and values of the tokens
+  decoded so far in a [B, S_max, H, D] buffer. Cross-attention caches the keys
+  and values of the encoder output once, at the cache-initialising call, and
+  reuses them at every step without touching the encoder output again.
+  """
+
+  num_heads: int
+  head_dim: int
+  out_features: int
+  is_cross: bool = False
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _dense(self, name):
+    inner = self.num_heads * self.head_dim
+    if name == "out":
+      return Dense(self.out_features, (axes.JOINED_KV, axes.EMBED),
+                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    # T5 folds 1/sqrt(head_dim) into the query initialisation.
+    scale = self.head_dim ** -0.5 if name == "query" else 1.0
+    return Dense(inner, (axes.EMBED, axes.JOINED_KV), init_scale=scale,
+                 dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  def _heads(self, x_BxLxI):
+    b, l, _ = x_BxLxI.shape
+    x = x_BxLxI.reshape(b, l, self.num_heads, self.head_dim)
+    return constrain(x, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
+
+  def _key_value(self, key, value, x_kv, decode: bool):
+    if not decode:
+      return self._heads(key(x_kv)), self._heads(value(x_kv))
+    if self.is_cross:
+      if not self.has_variable("cache", "cross_key"):
+        self.put_variable("cache", "cross_key", self._heads(key(x_kv)))
+        self.put_variable("cache", "cross_value", self._heads(value(x_kv)))
+      return (self.get_variable("cache", "cross_key"),
+              self.get_variable("cache", "cross_value"))
+    return self._self_cache(key, value, x_kv)
+
+  def _self_cache(self, key, value, x_Bx1xE):
+    k, v = self._heads(key(x_Bx1xE)), self._heads(value(x_Bx1xE))
+    initialised = self.has_variable("cache", "cached_key")
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    index = self.variable("cache", "cache_index",
+                          lambda: jnp.array(0, jnp.int32))
+    if not initialised:
+      return k, v  # Sizing call: the buffers now hold S_max zero slots.
+    if k.shape[1] != 1:
+      raise ValueError(
+          f"Cached decoding takes one token per step; got {k.shape[1]}."
+      )
+    i = index.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, i, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, i, 0, 0))
+    index.value = i + 1
+    return ck.value, cv.value
+
+  @nn.compact
+  def __call__(self, x_q_BxLxE, x_kv_BxSxE, bias_BxHxLxS, *, decode=False,
+               deterministic=True) -> jax.Array:
+    q = self._heads(self._dense("query")(x_q_BxLxE))
+    k, v = self._key_value(self._dense("key"), self._dense("value"),
+                           x_kv_BxSxE, decode)
+    rng = None
+    if not deterministic and self.dropout_rate > 0:
+      rng = self.make_rng("dropout")
+    y = dot_product_attention(q, k, v, bias_BxHxLxS, rng, self.dropout_rate)
+    b, l = y.shape[:2]
+    return self._dense("out")(y.reshape(b, l, self.num_heads * self.head_dim))
+
+
+class MlpBlock(nn.Module):
+  """T5 MLP; with two activations it is gated (v1.1: gelu(x W0) * (x W1))."""
+
+  mlp_dim: int
+  emb_dim: int
+  activations: tuple[str, ...] = ("gelu", "linear")
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxLxE, *, deterministic=True) -> jax.Array:
+    dense = functools.partial(Dense, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    h = None
+    for i, act in enumerate(self.activations):
+      name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      z = dense(self.mlp_dim, (axes.EMBED, axes.MLP), name=name)(x_BxLxE)
+      z = _ACTIVATION_FNS[act](z)
+      h = z if h is None else h * z
+    h = constrain(h, (axes.BATCH, axes.LENGTH, axes.MLP))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return dense(self.emb_dim, (axes.MLP, axes.EMBED), name="wo")(h)
+
+
+_ACTIVATION_FNS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "linear": lambda x: x,
+    "silu": jax.nn.silu,
+}
+assert set(_ACTIVATION_FNS) == set(config_lib.ACTIVATIONS)
+
+
+class Embed(nn.Module):
+  """Token embedding [V, E]; `attend` gives logits against it (tied output)."""
+
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = _param(self, "embedding", nn.initializers.normal(1.0),
+                            (self.num_embeddings, self.features),
+                            (axes.VOCAB, axes.EMBED), self.param_dtype)
+
+  def __call__(self, ids_BxL: jax.Array) -> jax.Array:
+    x = jnp.take(self.embedding.astype(self.dtype), ids_BxL, axis=0)
+    return constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+  def attend(self, x_BxLxE: jax.Array) -> jax.Array:
+    return jnp.dot(x_BxLxE, self.embedding.astype(self.dtype).T)

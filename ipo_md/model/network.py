@@ -1,0 +1,192 @@
+"""The T5 encoder-decoder network (Raffel et al. 2020, arXiv 1910.10683).
+
+`Transformer.encode` runs the encoder; `Transformer.decode` runs the decoder
+either teacher-forced on whole target sequences or, with `decode=True`, one
+token per call against a KV cache (see `layers.MultiHeadAttention`). Parameter
+names follow T5X (`encoder/layers_0/attention/query/kernel`, ...), which keeps
+the conversion to and from Hugging Face and T5X checkpoints a table.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ipo_md import axes
+from ipo_md.model import config as config_lib
+from ipo_md.model import layers
+
+
+def _common(cfg: config_lib.T5Config):
+  return dict(dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
+
+
+def _mask_bias(mask_BxLxS: jax.Array) -> jax.Array:
+  """0 where attention is allowed, -1e10 elsewhere; [B, 1, L, S]."""
+  return jnp.where(mask_BxLxS, 0.0, layers._NEG_INF)[:, None]  # pylint: disable=protected-access
+
+
+class EncoderLayer(nn.Module):
+  config: config_lib.T5Config
+
+  @nn.compact
+  def __call__(self, x_BxLxE, bias_BxHxLxS, deterministic=True):
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout_rate)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, name="pre_attention_layer_norm",
+                       **_common(cfg))(x_BxLxE)
+    h = layers.MultiHeadAttention(
+        cfg.num_heads, cfg.head_dim, cfg.emb_dim, dropout_rate=cfg.dropout_rate,
+        name="attention", **_common(cfg))(h, h, bias_BxHxLxS,
+                                          deterministic=deterministic)
+    x = x_BxLxE + drop(h, deterministic=deterministic)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, name="pre_mlp_layer_norm",
+                       **_common(cfg))(x)
+    h = layers.MlpBlock(cfg.mlp_dim, cfg.emb_dim, cfg.mlp_activations,
+                        cfg.dropout_rate, name="mlp", **_common(cfg))(
+                            h, deterministic=deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    return layers.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+
+class DecoderLayer(nn.Module):
+  config: config_lib.T5Config
+
+  @nn.compact
+  def __call__(self, x_BxLxE, encoded_BxSxE, self_bias, cross_bias,
+               decode=False, deterministic=True):
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout_rate)
+    norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, name=name,
+                                       **_common(cfg))
+    attention = lambda name, is_cross: layers.MultiHeadAttention(
+        cfg.num_heads, cfg.head_dim, cfg.emb_dim, is_cross=is_cross,
+        dropout_rate=cfg.dropout_rate, name=name, **_common(cfg))
+    h = norm("pre_self_attention_layer_norm")(x_BxLxE)
+    h = attention("self_attention", False)(
+        h, h, self_bias, decode=decode, deterministic=deterministic)
+    x = x_BxLxE + drop(h, deterministic=deterministic)
+    h = norm("pre_cross_attention_layer_norm")(x)
+    h = attention("encoder_decoder_attention", True)(
+        h, encoded_BxSxE, cross_bias, decode=decode,
+        deterministic=deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    h = norm("pre_mlp_layer_norm")(x)
+    h = layers.MlpBlock(cfg.mlp_dim, cfg.emb_dim, cfg.mlp_activations,
+                        cfg.dropout_rate, name="mlp", **_common(cfg))(
+                            h, deterministic=deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    return layers.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+
+def _maybe_remat(cls, cfg, static_argnums):
+  return nn.remat(cls, static_argnums=static_argnums) if cfg.remat else cls
+
+
+class Encoder(nn.Module):
+  config: config_lib.T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, inputs_BxL, *, deterministic=True):
+    cfg = self.config
+    mask_BxL = inputs_BxL > 0
+    pos = jnp.arange(inputs_BxL.shape[1])
+    bias = layers.RelativePositionBias(
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance, cfg.num_heads, bidirectional=True,
+        name="relpos_bias", **_common(cfg))(pos, pos)
+    bias = bias + _mask_bias(mask_BxL[:, None, :] & mask_BxL[:, :, None])
+    x = self.shared_embedding(inputs_BxL)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    layer_cls = _maybe_remat(EncoderLayer, cfg, static_argnums=(3,))
+    for i in range(cfg.num_encoder_layers):
+      x = layer_cls(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, name="encoder_norm",
+                       **_common(cfg))(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: config_lib.T5Config
+  shared_embedding: nn.Module
+
+  def _positions(self, length: int, decode: bool):
+    """Query and key positions; in decode mode the query is the cache index."""
+    keys = jnp.arange(length)
+    if not decode:
+      return keys, keys
+    initialised = self.has_variable("cache", "position")
+    position = self.variable("cache", "position",
+                             lambda: jnp.array(0, jnp.int32))
+    if not initialised:
+      return keys, keys  # Sizing call: `length` is the cache length.
+    i = position.value
+    position.value = i + 1
+    return i[None], self.get_variable("cache", "key_positions")
+
+  @nn.compact
+  def __call__(self, encoded_BxSxE, encoder_mask_BxS, tokens_BxL, *,
+               decode=False, deterministic=True):
+    cfg = self.config
+    if decode and not self.has_variable("cache", "key_positions"):
+      self.put_variable("cache", "key_positions",
+                        jnp.arange(tokens_BxL.shape[1]))
+    q_pos, k_pos = self._positions(tokens_BxL.shape[1], decode)
+    self_bias = layers.RelativePositionBias(
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance, cfg.num_heads,
+        bidirectional=False, name="relpos_bias", **_common(cfg))(q_pos, k_pos)
+    causal = k_pos[None, :] <= q_pos[:, None]
+    self_bias = self_bias + _mask_bias(causal[None])
+    cross_bias = _mask_bias(encoder_mask_BxS[:, None, :])
+    x = self.shared_embedding(tokens_BxL)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    layer_cls = _maybe_remat(DecoderLayer, cfg, static_argnums=(5, 6))
+    for i in range(cfg.num_decoder_layers):
+      x = layer_cls(cfg, name=f"layers_{i}")(
+          x, encoded_BxSxE, self_bias, cross_bias, decode, deterministic)
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, name="decoder_norm",
+                       **_common(cfg))(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    if cfg.logits_via_embedding:
+      logits = self.shared_embedding.attend(x * cfg.emb_dim ** -0.5)
+    else:
+      logits = layers.Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB),
+                            name="logits_dense", **_common(cfg))(x)
+    logits = logits.astype(jnp.float32)
+    return layers.constrain(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
+
+
+class Transformer(nn.Module):
+  """T5 encoder-decoder. `__call__` = teacher-forced logits [B, L, V]."""
+
+  config: config_lib.T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim,
+                                       **_common(cfg))
+    self.encoder = Encoder(cfg, self.token_embedder)
+    self.decoder = Decoder(cfg, self.token_embedder)
+
+  def encode(self, inputs_BxS, *, deterministic=True):
+    """Encoder output [B, S, E]; padding (id 0) is masked out."""
+    return self.encoder(inputs_BxS, deterministic=deterministic)
+
+  def decode(self, encoded_BxSxE, inputs_BxS, decoder_input_tokens_BxL, *,
+             decode=False, deterministic=True):
+    """Decoder logits [B, L, V] (float32).
+
+    With `decode=True` the first call sizes the cache (pass tokens of the
+    maximum decode length) and stores the cross-attention keys and values;
+    each later call takes one token [B, 1] and `encoded_BxSxE=None`.
+    """
+    return self.decoder(encoded_BxSxE, inputs_BxS > 0,
+                        decoder_input_tokens_BxL, decode=decode,
+                        deterministic=deterministic)
+
+  def __call__(self, inputs_BxS, decoder_input_tokens_BxL, *,
+               deterministic=True):
+    encoded = self.encode(inputs_BxS, deterministic=deterministic)
+    return self.decode(encoded, inputs_BxS, decoder_input_tokens_BxL,
+                       deterministic=deterministic)

@@ -1,0 +1,94 @@
+"""Bridges between the T5 network and the rest of the framework: teacher-forced
+scoring (batch -> SequenceLogProbs) and the tokens-to-logits callable that the
+model-agnostic sampler consumes."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ipo_md import logprobs
+from ipo_md import types
+from ipo_md.model import network
+
+
+def encode(model: network.Transformer, params, inputs_BxS):
+  return model.apply({"params": params}, inputs_BxS, method=model.encode)
+
+
+def score_targets(model: network.Transformer, params, inputs_BxS, targets_BxT,
+                  *, encoded=None, reduce: str = "sum", eos_id: int = 1,
+                  rngs=None) -> types.SequenceLogProbs:
+  """Teacher-forced log-probs of `targets` given `inputs`.
+
+  `encoded` [B', S, E] may be passed to skip the encoder; when its batch is
+  a divisor of the targets' batch it is tiled (one encoder pass for several
+  completions of the same prompts, e.g. y and y').
+  """
+  deterministic = rngs is None
+  if encoded is None:
+    encoded = model.apply({"params": params}, inputs_BxS,
+                          deterministic=deterministic, method=model.encode,
+                          rngs=rngs)
+  reps = targets_BxT.shape[0] // encoded.shape[0]
+  if reps * encoded.shape[0] != targets_BxT.shape[0]:
+    raise ValueError(
+        f"targets batch {targets_BxT.shape[0]} is not a multiple of the "
+        f"encoded batch {encoded.shape[0]}."
+    )
+  if reps > 1:
+    encoded = jnp.tile(encoded, (reps, 1, 1))
+    inputs_BxS = jnp.tile(inputs_BxS, (reps, 1))
+  logits = model.apply({"params": params}, encoded, inputs_BxS,
+                       logprobs.shift_right(targets_BxT),
+                       deterministic=deterministic, method=model.decode,
+                       rngs=rngs)
+  mask = logprobs.target_mask(targets_BxT, eos_id=eos_id)
+  token = logprobs.token_logprobs(logits, targets_BxT)
+  return logprobs.sequence_logprobs(token, mask, reduce=reduce)
+
+
+def init_decode_cache(model: network.Transformer, params, inputs_BxS,
+                      max_decode_length: int, *, repeats: int = 1) -> Any:
+  """Runs the encoder once and builds the decoder cache for `repeats`
+  completions per prompt (rows ordered [all prompts] * repeats)."""
+  encoded = encode(model, params, inputs_BxS)
+  if repeats > 1:
+    encoded = jnp.tile(encoded, (repeats, 1, 1))
+    inputs_BxS = jnp.tile(inputs_BxS, (repeats, 1))
+  dummy = jnp.zeros((encoded.shape[0], max_decode_length), jnp.int32)
+  _, variables = model.apply({"params": params}, encoded, inputs_BxS, dummy,
+                             decode=True, method=model.decode,
+                             mutable=["cache"])
+  return {"cache": variables["cache"], "inputs": inputs_BxS}
+
+
+def tokens_to_logits_fn(model: network.Transformer, params):
+  """A sampling.TokensToLogits for `model` with `params` (cache from
+  `init_decode_cache`)."""
+
+  def tokens_to_logits(tokens_Bx1, state):
+    logits, variables = model.apply(
+        {"params": params, "cache": state["cache"]}, None, state["inputs"],
+        tokens_Bx1, decode=True, method=model.decode, mutable=["cache"])
+    return (logits[:, 0], {"cache": variables["cache"],
+                           "inputs": state["inputs"]}, {})
+
+  return tokens_to_logits
+
+
+def abstract_params(model: network.Transformer, *, input_length: int = 8,
+                    target_length: int = 8):
+  """Boxed (LogicallyPartitioned) abstract parameters, without memory."""
+  x = jnp.ones((1, input_length), jnp.int32)
+  y = jnp.ones((1, target_length), jnp.int32)
+  return jax.eval_shape(model.init, jax.random.key(0), x, y)["params"]
+
+
+def init_params(model: network.Transformer, rng, *, input_length: int = 8,
+                target_length: int = 8):
+  """Unboxed parameters (use inside jit with out_shardings for big models)."""
+  x = jnp.ones((1, input_length), jnp.int32)
+  y = jnp.ones((1, target_length), jnp.int32)
+  return nn.unbox(model.init(rng, x, y)["params"])

@@ -21,9 +21,10 @@ gin files configure it (see `ipo_md.cli.data.register_tasks_from_gin`).
 """
 
 from ipo_md_tasks.synthetic import register_synthetic_tasks
+from ipo_md_tasks.tldr import register_tldr_tasks
 
 # Every registration function, in registration order.
-REGISTER_FNS = (register_synthetic_tasks,)
+REGISTER_FNS = (register_synthetic_tasks, register_tldr_tasks)
 
 for _register in REGISTER_FNS:
   _register()

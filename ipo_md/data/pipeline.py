@@ -140,6 +140,9 @@ def convert_task(cfg: DataConfig, *, limit: int | None = None
   task = get_task(cfg.task)
   lengths = feature_converters.batch_lengths(
       cfg.kind, cfg.feature_lengths, task.output_features, cfg.task)
+  # Reads (and validates) the data before the vocabulary loads, so a missing
+  # file is reported before a missing vocabulary.
+  tokenized = task_examples(cfg.task, cfg.split, limit=limit)
   vocabularies = [task.output_features[f].vocabulary for f in lengths]
   eos_ids = {v.eos_id for v in vocabularies}
   if len(eos_ids) != 1:
@@ -148,8 +151,7 @@ def convert_task(cfg: DataConfig, *, limit: int | None = None
         f"different EOS ids {sorted(eos_ids)}; use one vocabulary.")
   max_vocab = max(v.vocab_size for v in vocabularies)
   examples = feature_converters.convert_examples(
-      task_examples(cfg.task, cfg.split, limit=limit), lengths,
-      eos_id=eos_ids.pop(),
+      tokenized, lengths, eos_id=eos_ids.pop(),
       dtype=np.uint16 if max_vocab <= 2**16 else np.int32,
       description=f"{cfg.task}:{cfg.split}")
   for feature, flags in examples.truncated.items():

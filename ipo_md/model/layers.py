@@ -42,7 +42,11 @@ class RMSNorm(nn.Module):
     scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],),
                    (axes.EMBED,), self.param_dtype)
     var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    y = x * jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+    # Explicit broadcast of the [E] scale: tests run with
+    # jax_numpy_rank_promotion='raise'.
+    scale = jnp.expand_dims(scale.astype(jnp.float32),
+                            tuple(range(x.ndim - 1)))
+    y = x * jax.lax.rsqrt(var + self.epsilon) * scale
     return y.astype(self.dtype)
 
 

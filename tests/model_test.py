@@ -1,0 +1,443 @@
+# Copyright 2025 The ipo-md Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The T5 network on a tiny model: cache, causality, padding, variants, sizes.
+
+Tiny-model tier of STYLE.md rule 9. Every check compares numbers with an
+independent computation (a teacher-forced recompute, a perturbation, a numpy
+reimplementation, a hand formula) or checks an exact invariant.
+"""
+
+import functools
+import math
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ipo_md import logprobs
+from ipo_md.decoding import mixture
+from ipo_md.decoding import sampling
+from ipo_md.model import config as config_lib
+from ipo_md.model import layers
+from ipo_md.model import network
+from ipo_md.model import scoring
+
+V, S, T = 64, 7, 5  # vocabulary, input length, target length (S != T).
+TINY = config_lib.T5Config(
+    vocab_size=V, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=64,
+    num_encoder_layers=2, num_decoder_layers=2)
+T5_1_0 = TINY.replace(mlp_activations=("relu",), logits_via_embedding=True)
+
+
+@functools.cache
+def _params(cfg: config_lib.T5Config, seed: int = 0):
+  """Seeded numpy parameters in the shapes of the model's own init.
+
+  Drawn on the host instead of by `model.init`, whose compile would dominate
+  this file's CPU time; the shapes and the tree come from `jax.eval_shape` of
+  the real init. Kernels ~ N(0, 1/fan_in), tables ~ N(0, 1), norm scales
+  ~ 1 + N(0, 0.1).
+  """
+  model = network.Transformer(cfg)
+  abstract = nn.unbox(scoring.abstract_params(model))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "scale" in name:
+      x = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
+    elif "kernel" in name:
+      x = rng.standard_normal(leaf.shape) / math.sqrt(leaf.shape[0])
+    else:
+      x = rng.standard_normal(leaf.shape)
+    return jnp.asarray(x, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+@functools.cache
+def _forward(cfg: config_lib.T5Config):
+  """Jitted teacher-forced logits (params, inputs, decoder inputs)."""
+  model = network.Transformer(cfg)
+  return jax.jit(lambda p, x, d: model.apply({"params": p}, x, d))
+
+
+_MODEL = network.Transformer(TINY)
+
+
+@functools.partial(jax.jit, static_argnames="repeats")
+def _init_cache(params, inputs, repeats=1):
+  return scoring.init_decode_cache(_MODEL, params, inputs, T, repeats=repeats)
+
+
+@jax.jit
+def _step(params, tokens_Bx1, state):
+  return scoring.tokens_to_logits_fn(_MODEL, params)(tokens_Bx1, state)
+
+
+@jax.jit
+def _score(params, inputs, targets):
+  return scoring.score_targets(_MODEL, params, inputs, targets)
+
+
+def _decode_all(params, inputs, dec_in, repeats=1):
+  """Logits [B, T, V] of cached decoding, one token per call."""
+  state = _init_cache(params, inputs, repeats=repeats)
+  steps = []
+  for t in range(dec_in.shape[1]):
+    logits, state, aux = _step(params, dec_in[:, t:t + 1], state)
+    assert aux == {}, aux
+    steps.append(logits)
+  return jnp.stack(steps, axis=1)
+
+
+def _batch():
+  """A padded batch: rows with 5, 3 and 7 real input tokens."""
+  rng = np.random.default_rng(0)
+  inputs = rng.integers(2, V, (3, S)).astype(np.int32)
+  inputs[0, 5:] = 0
+  inputs[1, 3:] = 0
+  targets = rng.integers(2, V, (3, T)).astype(np.int32)
+  targets[1, 3] = 1  # An EOS, then padding.
+  targets[1, 4] = 0
+  return jnp.asarray(inputs), jnp.asarray(targets)
+
+
+class CachedDecodingTest(absltest.TestCase):
+
+  def test_step_by_step_equals_teacher_forced(self):
+    params = _params(TINY)
+    inputs, targets = _batch()
+    dec_in = logprobs.shift_right(targets)
+    full = _forward(TINY)(params, inputs, dec_in)
+    np.testing.assert_allclose(_decode_all(params, inputs, dec_in), full,
+                               rtol=1e-5, atol=1e-5)
+    # The comparison is not vacuous: positions differ from one another.
+    self.assertGreater(float(jnp.abs(full[:, 0] - full[:, 1]).max()), 1e-2)
+
+  def test_cache_with_repeats_tiles_prompts(self):
+    # Two completions per prompt: rows [prompts] * 2 see the same encoder.
+    params = _params(TINY)
+    inputs, targets = _batch()
+    dec_in = logprobs.shift_right(
+        jnp.concatenate([targets, targets[::-1]], axis=0))
+    full = _forward(TINY)(params, jnp.concatenate([inputs, inputs]), dec_in)
+    np.testing.assert_allclose(_decode_all(params, inputs, dec_in, 2), full,
+                               rtol=1e-5, atol=1e-5)
+
+  def test_sampler_logps_equal_teacher_forced_scores(self):
+    # The mixture sampler's recorded policy/ref log-probs are the
+    # teacher-forced log-probs of the sampled sequences under each model.
+    model = _MODEL
+    policy, ref = _params(TINY, 0), _params(TINY, 1)
+    inputs, _ = _batch()
+    cfg = sampling.SamplingConfig(max_decode_length=T)
+
+    @jax.jit
+    def run(policy, ref, rng):
+      t2l = mixture.geometric_mixture(
+          scoring.tokens_to_logits_fn(model, policy),
+          scoring.tokens_to_logits_fn(model, ref), 0.25)
+      cache = (scoring.init_decode_cache(model, policy, inputs, T, repeats=2),
+               scoring.init_decode_cache(model, ref, inputs, T, repeats=2))
+      return sampling.sample(t2l, cache, rng, batch_size=6, cfg=cfg)
+
+    out = run(policy, ref, jax.random.key(0))
+    tiled = jnp.concatenate([inputs, inputs])
+    for name, params in (("policy", policy), ("ref", ref)):
+      scores = _score(params, tiled, out.tokens)
+      np.testing.assert_allclose(out.aux_logps[name], scores.token,
+                                 rtol=1e-5, atol=1e-5, err_msg=name)
+    self.assertFalse(np.allclose(out.aux_logps["policy"],
+                                 out.aux_logps["ref"], atol=1e-3))
+
+
+class CausalityAndPaddingTest(absltest.TestCase):
+
+  def test_later_decoder_tokens_do_not_change_earlier_logits(self):
+    params = _params(TINY)
+    inputs, targets = _batch()
+    dec_in = np.asarray(logprobs.shift_right(targets))
+    base = _forward(TINY)(params, inputs, dec_in)
+    for t in range(T - 1):
+      changed = dec_in.copy()
+      changed[:, t + 1:] = (changed[:, t + 1:] + 7) % (V - 2) + 2
+      out = _forward(TINY)(params, inputs, changed)
+      np.testing.assert_array_equal(out[:, :t + 1], base[:, :t + 1])
+      self.assertGreater(float(jnp.abs(out[:, t + 1:] - base[:, t + 1:]).max()),
+                         1e-3)
+
+  def test_gradient_wrt_later_decoder_embeddings_is_zero(self):
+    params = _params(TINY)
+    inputs, targets = _batch()
+    dec_in = logprobs.shift_right(targets)
+    w = jax.random.normal(jax.random.key(1), (V,))
+
+    def logits_with(delta_BxTxE):
+      # Adds delta to the decoder's embedding output (the only Embed call
+      # of length T; the encoder's is of length S).
+      def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if (isinstance(context.module, layers.Embed)
+            and context.method_name == "__call__" and out.shape[1] == T):
+          out = out + delta_BxTxE
+        return out
+      with nn.intercept_methods(interceptor):
+        return _MODEL.apply({"params": params}, inputs, dec_in)
+
+    @jax.jit
+    def grad_at(t):
+      return jax.grad(lambda d: jnp.sum(logits_with(d)[:, t] @ w))(
+          jnp.zeros((3, T, TINY.emb_dim)))
+
+    for t in range(T):
+      grad = np.asarray(grad_at(t))
+      np.testing.assert_array_equal(grad[:, t + 1:], 0.0)
+      self.assertTrue(np.all(np.abs(grad[:, :t + 1]).max(axis=-1) > 0),
+                      f"position {t} must depend on positions <= {t}")
+
+  def test_encoder_padding_does_not_change_scores(self):
+    params = _params(TINY)
+    inputs, targets = _batch()
+    dec_in = logprobs.shift_right(targets)
+    wider = jnp.concatenate([inputs, jnp.zeros((3, 4), jnp.int32)], axis=1)
+    a = _forward(TINY)(params, inputs, dec_in)
+    b = _forward(TINY)(params, wider, dec_in)
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    # Whereas a real token in the same place does change them.
+    c = _forward(TINY)(params, wider.at[:, S].set(5), dec_in)
+    self.assertGreater(float(jnp.abs(c - a).max()), 1e-3)
+
+  def test_jit_and_no_jit_agree(self):
+    params = _params(TINY)
+    inputs, targets = _batch()
+    jitted = _score(params, inputs, targets)
+    with jax.disable_jit():
+      eager = scoring.score_targets(_MODEL, params, inputs, targets)
+    np.testing.assert_allclose(eager.token, jitted.token, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(eager.mask, logprobs.target_mask(targets))
+    # The hand-written EOS in row 1 ends scoring there.
+    np.testing.assert_array_equal(eager.mask[1], [1, 1, 1, 1, 0])
+    # Scores are the log-softmax of the teacher-forced logits at the targets.
+    logits = np.asarray(_forward(TINY)(params, inputs,
+                                       logprobs.shift_right(targets)),
+                        np.float64)
+    logz = np.log(np.exp(logits).sum(-1))
+    picked = np.take_along_axis(logits, np.asarray(targets)[..., None],
+                                -1)[..., 0]
+    np.testing.assert_allclose(jitted.token, (picked - logz) * eager.mask,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jitted.sequence, ((picked - logz) * eager.mask).sum(-1), rtol=1e-5)
+
+
+class VariantsTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(("t5_1_1", TINY), ("t5_1_0", T5_1_0))
+  def test_output_layer_by_hand(self, cfg):
+    model = network.Transformer(cfg)
+    params = _params(cfg)
+    inputs, targets = _batch()
+    dec_in = logprobs.shift_right(targets)
+    logits, state = jax.jit(lambda p: model.apply(
+        {"params": p}, inputs, dec_in, capture_intermediates=True))(params)
+    self.assertEqual((logits.shape, logits.dtype), ((3, T, V), jnp.float32))
+    self.assertTrue(np.all(np.isfinite(logits)))
+    hidden = state["intermediates"]["decoder"]["decoder_norm"]["__call__"][0]
+    hidden = np.asarray(hidden, np.float64)
+    if cfg.logits_via_embedding:
+      emb = np.asarray(params["token_embedder"]["embedding"], np.float64)
+      expected = hidden * cfg.emb_dim ** -0.5 @ emb.T
+    else:
+      kernel = np.asarray(params["decoder"]["logits_dense"]["kernel"],
+                          np.float64)
+      expected = hidden @ kernel
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+  def test_t5_1_0_param_tree(self):
+    params = _params(T5_1_0)
+    self.assertNotIn("logits_dense", params["decoder"])
+    self.assertIn("logits_dense", _params(TINY)["decoder"])
+    mlp = params["encoder"]["layers_0"]["mlp"]
+    self.assertEqual(set(mlp), {"wi", "wo"})
+    self.assertEqual(set(_params(TINY)["encoder"]["layers_0"]["mlp"]),
+                     {"wi_0", "wi_1", "wo"})
+    # (It runs: test_output_layer_by_hand_t5_1_0 checks its logits.)
+
+  def test_bfloat16_activations_close_to_float32(self):
+    # Same float32 parameters, bf16 activations. bf16 keeps 8 significant
+    # bits (relative rounding 2**-9 ~ 0.002 per op); over 2+2 layers with
+    # activations of order 1-4 we accept 0.15 nats on any log-prob and
+    # 0.03 nats on average. Measured on this model: max ~0.04, mean ~0.007.
+    bf16 = TINY.replace(dtype="bfloat16")
+    params = _params(TINY)
+    inputs, targets = _batch()
+    dec_in = logprobs.shift_right(targets)
+    lp32 = jax.nn.log_softmax(_forward(TINY)(params, inputs, dec_in))
+    logits16 = _forward(bf16)(params, inputs, dec_in)
+    self.assertEqual(logits16.dtype, jnp.float32)  # Logits are upcast.
+    lp16 = jax.nn.log_softmax(logits16)
+    err = np.abs(np.asarray(lp16) - np.asarray(lp32))
+    self.assertGreater(err.max(), 0.0)  # The two runs really differ.
+    self.assertLess(err.max(), 0.15)
+    self.assertLess(err.mean(), 0.03)
+
+
+def _np_bucket(rel, *, bidirectional, num_buckets, max_distance):
+  """T5's relative-position buckets in numpy, float32 like the original.
+
+  n = query - key >= 0 looks back. Bidirectional: half the buckets are for
+  keys after the query (offset num_buckets/2). In each half, distances below
+  max_exact = half/2 get their own bucket; larger ones are spaced
+  logarithmically up to max_distance, and everything beyond shares the last.
+  """
+  n = -np.asarray(rel, np.int64)
+  offset = np.zeros_like(n)
+  half = num_buckets
+  if bidirectional:
+    half = num_buckets // 2
+    offset = np.where(n < 0, half, 0)
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = half // 2
+  ratio = np.maximum(n, 1).astype(np.float32) / np.float32(max_exact)
+  scaled = (np.log(ratio) / np.float32(math.log(max_distance / max_exact))
+            * np.float32(half - max_exact))
+  large = np.minimum(max_exact + scaled.astype(np.int64), half - 1)
+  return offset + np.where(n < max_exact, n, large)
+
+
+class RelativePositionBucketTest(parameterized.TestCase):
+
+  @parameterized.product(bidirectional=(True, False),
+                         buckets_distance=((32, 128), (8, 20), (16, 50)))
+  def test_matches_numpy(self, bidirectional, buckets_distance):
+    nb, md = buckets_distance
+    rel = np.arange(-400, 401)
+    got = layers.relative_position_bucket(
+        jnp.asarray(rel), bidirectional=bidirectional, num_buckets=nb,
+        max_distance=md)
+    ref = _np_bucket(rel, bidirectional=bidirectional, num_buckets=nb,
+                     max_distance=md)
+    np.testing.assert_array_equal(got, ref)
+    self.assertEqual(int(np.max(got)), nb - 1)  # The last bucket is used.
+    # Buckets never decrease with distance, looking back or ahead.
+    back = np.asarray(got)[rel <= 0][::-1]
+    self.assertTrue(np.all(np.diff(back) >= 0))
+    if bidirectional:
+      self.assertTrue(np.all(np.diff(np.asarray(got)[rel >= 0]) >= 0))
+      self.assertTrue(np.all(np.asarray(got)[rel > 0] >= nb // 2))
+    else:
+      np.testing.assert_array_equal(np.asarray(got)[rel > 0], 0)
+
+  def test_hand_values(self):
+    # rel = key - query. 32 buckets, max distance 128 (the T5 defaults).
+    bi = {0: 0, -1: 1, 1: 17, -7: 7, -8: 8, 8: 24, -12: 9, -16: 10,
+          -127: 15, -128: 15, -1000: 15, 1000: 31}
+    uni = {5: 0, 0: 0, -1: 1, -15: 15, -16: 16, -20: 17, -127: 31, -128: 31,
+           -1000: 31}
+    for table, bidirectional in ((bi, True), (uni, False)):
+      rel = np.array(list(table), np.int32)
+      got = layers.relative_position_bucket(
+          jnp.asarray(rel), bidirectional=bidirectional, num_buckets=32,
+          max_distance=128)
+      np.testing.assert_array_equal(got, list(table.values()),
+                                    err_msg=f"bidirectional={bidirectional}")
+
+
+class ConfigTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("vocab_zero", dict(vocab_size=0), "vocab_size"),
+      ("emb_negative", dict(emb_dim=-4), "emb_dim"),
+      ("heads_float", dict(num_heads=2.0), "num_heads"),
+      ("layers_zero", dict(num_decoder_layers=0), "num_decoder_layers"),
+      ("buckets_zero", dict(relative_attention_num_buckets=0), "num_buckets"),
+      ("activation", dict(mlp_activations=("tanh",)), "mlp_activations"),
+      ("no_activation", dict(mlp_activations=()), "mlp_activations"),
+      ("dtype", dict(dtype="float64"), "dtype"),
+      ("param_dtype", dict(param_dtype="int8"), "param_dtype"),
+      ("dropout_one", dict(dropout_rate=1.0), "dropout_rate"),
+      ("dropout_negative", dict(dropout_rate=-0.1), "dropout_rate"),
+  )
+  def test_invalid(self, change, field):
+    with self.assertRaisesRegex(ValueError, field):
+      TINY.replace(**change)
+
+  def test_list_activations_become_tuple(self):
+    cfg = TINY.replace(mlp_activations=["relu"])
+    self.assertEqual(cfg.mlp_activations, ("relu",))
+    hash(cfg)  # Frozen configs are hashable (used as jit static args).
+
+  def test_unknown_size(self):
+    with self.assertRaisesRegex(ValueError, "Unknown T5 size 'huge'"):
+      config_lib.t5_1_1("huge")
+
+
+def _t5_param_count(v, e, h, d, f, enc, dec, *, gated=True, tied=False,
+                    buckets=32):
+  """Parameters of a T5 by hand: no biases, RMS norm scales only."""
+  attention = 4 * e * h * d                  # q, k, v, o
+  mlp = (3 if gated else 2) * e * f          # wi_0, wi_1 (gated), wo
+  encoder_layer = attention + mlp + 2 * e    # + 2 norms
+  decoder_layer = 2 * attention + mlp + 3 * e
+  return (v * e                              # shared embedding
+          + enc * encoder_layer + dec * decoder_layer
+          + 2 * h * buckets                  # one relpos table per stack
+          + 2 * e                            # final norms
+          + (0 if tied else e * v))          # logits_dense
+
+
+class SizesTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("small", "small", 76_961_152, 77e6),
+      ("base", "base", 247_577_856, 248e6),
+      ("large", "large", 783_150_080, 783e6),
+      ("xl", "xl", 2_849_757_184, 2.85e9),
+  )
+  def test_t5_1_1_parameter_counts(self, size, exact, published):
+    cfg = config_lib.t5_1_1(size)
+    self.assertEqual(cfg.vocab_size, 32128)
+    abstract = scoring.abstract_params(network.Transformer(cfg))
+    count = sum(x.size for x in jax.tree.leaves(nn.unbox(abstract)))
+    by_hand = _t5_param_count(cfg.vocab_size, cfg.emb_dim, cfg.num_heads,
+                              cfg.head_dim, cfg.mlp_dim,
+                              cfg.num_encoder_layers, cfg.num_decoder_layers)
+    self.assertEqual(by_hand, exact)
+    self.assertEqual(count, exact)
+    self.assertLess(abs(count - published) / published, 0.005)
+
+  def test_t5_1_0_small_parameter_count(self):
+    # The original t5-small: 60,506,624 parameters (tied output, ReLU MLP).
+    cfg = config_lib.T5Config(
+        vocab_size=32128, emb_dim=512, num_heads=8, head_dim=64, mlp_dim=2048,
+        num_encoder_layers=6, num_decoder_layers=6, mlp_activations=("relu",),
+        logits_via_embedding=True)
+    abstract = scoring.abstract_params(network.Transformer(cfg))
+    count = sum(x.size for x in jax.tree.leaves(nn.unbox(abstract)))
+    by_hand = _t5_param_count(32128, 512, 8, 64, 2048, 6, 6, gated=False,
+                              tied=True)
+    self.assertEqual(by_hand, 60_506_624)
+    self.assertEqual(count, by_hand)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -22,9 +22,11 @@ gin files configure it (see `ipo_md.cli.data.register_tasks_from_gin`).
 
 from ipo_md_tasks.synthetic import register_synthetic_tasks
 from ipo_md_tasks.tldr import register_tldr_tasks
+from ipo_md_tasks.xsum import register_xsum_tasks
 
 # Every registration function, in registration order.
-REGISTER_FNS = (register_synthetic_tasks, register_tldr_tasks)
+REGISTER_FNS = (register_synthetic_tasks, register_tldr_tasks,
+                register_xsum_tasks)
 
 for _register in REGISTER_FNS:
   _register()

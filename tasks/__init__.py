@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The seqio tasks of ipo-md, registered on import (installed as `ipo_md_tasks`).
+"""The seqio tasks of ipo-md, registered on import (package `ipo_md_tasks`).
 
 Importing this package registers every task with its default locations. Each
 dataset has one registration function whose arguments are the knobs (data

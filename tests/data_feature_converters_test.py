@@ -1,4 +1,4 @@
-"""Tests of ipo_md.data.feature_converters: shapes, padding, truncation policy."""
+"""Tests of ipo_md.data.feature_converters: padding and truncation policy."""
 
 from absl.testing import absltest
 from absl.testing import parameterized

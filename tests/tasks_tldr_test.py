@@ -1,4 +1,4 @@
-"""Tests of the registered TL;DR tasks, on generated fixtures and real samples."""
+"""Tests of the registered TL;DR tasks: generated fixtures and real samples."""
 
 import pathlib
 import tempfile

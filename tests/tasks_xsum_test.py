@@ -1,4 +1,4 @@
-"""Tests of the XSum tasks: TFDS mock data, and the real tarball when present."""
+"""Tests of the XSum tasks: TFDS mock data, and the real tarball if present."""
 
 import importlib.util
 import json

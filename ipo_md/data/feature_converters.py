@@ -64,7 +64,8 @@ PAD_ID = 0
 def validate_feature_lengths(kind: str, feature_lengths: Mapping[str, int]):
   """Raises ValueError unless `feature_lengths` fits batch kind `kind`."""
   if kind not in KINDS:
-    raise ValueError(f"kind={kind!r} is not a batch kind; choose one of {KINDS}.")
+    raise ValueError(
+        f"kind={kind!r} is not a batch kind; choose one of {KINDS}.")
   required = set(_REQUIRED[kind].values())
   allowed = required | set(_OPTIONAL[kind].values())
   keys = set(feature_lengths)

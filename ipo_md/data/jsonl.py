@@ -51,7 +51,7 @@ def check_on_bad_example(value: str) -> None:
 
 
 def get_field(record: Mapping[str, Any], field: str) -> Any:
-  """The value at dotted path `field` ("info.post"); BadRecordError if absent."""
+  """The value at dotted `field` ("info.post"); BadRecordError if absent."""
   value = record
   for i, key in enumerate(field.split(".")):
     if not isinstance(value, Mapping):

@@ -93,11 +93,11 @@ def get_task(name: str) -> seqio.Task:
   """The registered seqio Task `name`, with errors that say how to fix it."""
   if name not in seqio.TaskRegistry.names():
     if name in seqio.MixtureRegistry.names():
+      tasks = [t.name for t in seqio.get_mixture_or_task(name).tasks]
       raise ValueError(
           f"{name!r} is a seqio Mixture; the pipeline reads Tasks only (its "
           "order must be exact and resumable). Set DataConfig.task to one of "
-          f"its tasks: {[t.name for t in seqio.get_mixture_or_task(name).tasks]}."
-      )
+          f"its tasks: {tasks}.")
     raise ValueError(
         f"No seqio task named {name!r} is registered. Registered: "
         f"{sorted(seqio.TaskRegistry.names())}. The ipo-md tasks register on "

@@ -26,7 +26,8 @@ class InspectTest(absltest.TestCase):
 
   def tearDown(self):
     gin.clear_config()
-    ipo_md_tasks.register_tldr_tasks()  # Back to the default locations.
+    for register in ipo_md_tasks.REGISTER_FNS:  # Back to the defaults.
+      register()
     super().tearDown()
 
   def test_examples_and_percentiles(self):

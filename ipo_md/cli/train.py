@@ -1,0 +1,134 @@
+"""`ipo-md train` (also `t5x train`): run the stages a gin configuration
+describes, e.g. SFT warm start then online IPO-MD.
+
+    ipo-md train --gin_file=gin/ipo_md_tiny.gin --gin.MODEL_DIR=/tmp/run
+
+`train` below is the one gin-configurable entry point; library modules never
+import gin.
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def train(*, model_dir: str, model_config, stages: list, mesh_config=None,
+          preference: Any = None, preference_params: Any = None,
+          eval_data=None, eval_sampling=None, initial_checkpoint: str | None =
+          None) -> dict:
+  """Trains `stages` in order in `model_dir` (see ipo_md.trainer.pipeline)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from ipo_md import partitioning  # pylint: disable=g-import-not-at-top
+  from ipo_md.trainer import pipeline  # pylint: disable=g-import-not-at-top
+
+  directory = _check_model_dir(model_dir)
+  (directory / "config.gin").write_text(gin.operative_config_str())
+  mesh = partitioning.make_mesh(mesh_config or partitioning.MeshConfig())
+  _describe(model_config, stages, mesh, directory)
+  initial_params = None
+  if initial_checkpoint:
+    initial_params = _load_initial(initial_checkpoint, model_config, mesh)
+  start = time.time()
+  results = pipeline.run(
+      model_dir=str(directory), model_config=model_config, stages=stages,
+      mesh=mesh, preference=preference, preference_params=preference_params,
+      eval_data=eval_data, eval_sampling=eval_sampling,
+      initial_params=initial_params)
+  (directory / "config.gin").write_text(gin.operative_config_str())
+  _summary(directory, stages, results, time.time() - start)
+  del jax
+  return results
+
+
+def _check_model_dir(model_dir: str) -> pathlib.Path:
+  directory = pathlib.Path(model_dir).expanduser().absolute()
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / ".write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise SystemExit(
+        f"MODEL_DIR={model_dir!r} is not writable ({e.strerror}). Choose a "
+        "folder you can write, e.g. --gin.MODEL_DIR=\"/tmp/ipo_md_run\".")
+  return directory
+
+
+def _load_initial(path, model_config, mesh):
+  from ipo_md import partitioning  # pylint: disable=g-import-not-at-top
+  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
+  from ipo_md.model import network  # pylint: disable=g-import-not-at-top
+  from ipo_md.model import scoring  # pylint: disable=g-import-not-at-top
+
+  shardings = partitioning.param_shardings(
+      scoring.abstract_params(network.Transformer(model_config)), mesh)
+  params, _ = params_io.load_initial_params(path, shardings=shardings)
+  return params
+
+
+def _describe(model_config, stages, mesh, directory):
+  import math  # pylint: disable=g-import-not-at-top
+
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from ipo_md.model import network  # pylint: disable=g-import-not-at-top
+  from ipo_md.model import scoring  # pylint: disable=g-import-not-at-top
+
+  abstract = nn.unbox(scoring.abstract_params(network.Transformer(model_config)))
+  count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract))
+  print(f"ipo-md: T5 with {count / 1e6:.2f}M parameters "
+        f"(emb {model_config.emb_dim}, {model_config.num_encoder_layers}+"
+        f"{model_config.num_decoder_layers} layers) on mesh "
+        f"{dict(mesh.shape)} of {jax.devices()[0].platform} devices; "
+        f"stages: {', '.join(f'{s.name} ({s.loop.num_steps} steps)' for s in stages)}; "
+        f"output: {directory}", flush=True)
+
+
+def _summary(directory, stages, results, seconds):
+  print(f"\nFinished in {seconds:.0f}s. Outputs in {directory}:")
+  for stage in stages:
+    d = directory / stage.name
+    last = results.get(stage.name, {})
+    shown = {k: round(v, 4) for k, v in last.items()
+             if k.startswith("eval/") and isinstance(v, float)}
+    print(f"  {stage.name}: checkpoints {d / 'checkpoints'}\n"
+          f"  {' ' * len(stage.name)}  metrics     {d / 'metrics.jsonl'}\n"
+          f"  {' ' * len(stage.name)}  TensorBoard {d / 'tensorboard'}"
+          + (f"\n  {' ' * len(stage.name)}  final eval  {shown}" if shown else ""))
+  print(f"  operative config: {directory / 'config.gin'}")
+  print(f"  view curves: tensorboard --logdir {directory}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+  import gin  # pylint: disable=g-import-not-at-top
+
+  from ipo_md.cli import gin_flags  # pylint: disable=g-import-not-at-top
+
+  argv, dot_bindings = gin_flags.split_gin_dot_flags(argv)
+  parser = argparse.ArgumentParser(prog="ipo-md train",
+                                   description=__doc__.split("\n\n")[0])
+  gin_flags.add_flags(parser)
+  args = parser.parse_args(argv)
+  gin_flags.parse(args, dot_bindings)
+  configured = gin.get_configurable(train)
+  try:
+    configured()
+  except (ValueError, TypeError, RuntimeError) as e:
+    if "REQUIRED" in str(e) or "Required bindings" in str(e):
+      raise SystemExit(
+          f"A required gin value is missing: {e}\nSet it on the command "
+          "line, e.g. --gin.MODEL_DIR=\"/tmp/ipo_md_run\".") from e
+    raise
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

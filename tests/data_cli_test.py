@@ -62,18 +62,18 @@ class InspectTest(absltest.TestCase):
     gin_file.write_text(
         "from __gin__ import dynamic_registration\n"
         "import ipo_md_tasks\n"
-        "ipo_md_tasks.register_tldr_tasks.sft_dir = '/nowhere'\n"
-        "ipo_md_tasks.register_tldr_tasks.extra_ids = 0\n")
+        "ipo_md_tasks.register_tldr_tasks.sft_dir = '/nowhere'\n")
     code, out, err = _run([
         "inspect", "--task=tldr_prompts", "--split=validation",
         f"--gin_file={gin_file}", f"--tldr_sft_dir={root}",
+        "--gin_binding=ipo_md_tasks.register_tldr_tasks.extra_ids = 0",
         f"--vocabulary_path={make_testdata.TINY_SPM}"])
     self.assertEqual(code, 0, err)
     self.assertIn("inputs (", out)
     self.assertIn("over all 5 examples of tldr_prompts:validation", out)
     vocabulary = seqio.get_mixture_or_task(
         "tldr_prompts").output_features["inputs"].vocabulary
-    self.assertEqual(vocabulary.extra_ids, 0)  # From gin, kept by the flags.
+    self.assertEqual(vocabulary.extra_ids, 0)  # Gin binding kept by the flags.
 
   def test_missing_location_is_a_clear_error(self):
     code, out, err = _run(["inspect", "--task=tldr_sft"])

@@ -39,6 +39,9 @@ import ipo_md_tasks
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
+# Lets --gin_binding name the registration functions without a gin file.
+_GIN_PREAMBLE = ["from __gin__ import dynamic_registration",
+                 "import ipo_md_tasks"]
 
 
 def register_tasks_from_gin() -> None:
@@ -211,7 +214,9 @@ def main(argv: Sequence[str]) -> int:
       where = args.data_dir or "the default TFDS folder"
       print(f"Prepared {xsum.TFDS_NAME} in {where}.")
       return 0
-    gin.parse_config_files_and_bindings(args.gin_file, args.gin_binding)
+    gin.parse_config_files_and_bindings(
+        args.gin_file, _GIN_PREAMBLE + args.gin_binding if args.gin_binding
+        else [])
     register_tasks_from_gin()
     _apply_location_flags(args)
     inspect(args.task, args.split, num_examples=args.num_examples,

@@ -34,9 +34,10 @@ Shape = tuple[int, ...]
 
 
 def _metadata_tree(path: pathlib.Path) -> Any:
-  metadata = ocp.PyTreeCheckpointer().metadata(path)
-  tree = getattr(metadata, "item_metadata", metadata)
-  return getattr(tree, "tree", tree)
+  # The handler, not a Checkpointer: item folders (a train step's `state/`)
+  # have no checkpoint-level metadata file to look for.
+  metadata = ocp.PyTreeCheckpointHandler().metadata(path)
+  return getattr(metadata, "tree", metadata)
 
 
 def subtree_shapes(path: str | os.PathLike, subtree: str | None

@@ -22,6 +22,9 @@ The contrastive losses share one metric vocabulary:
   logps/policy_y, logps/policy_yp, logps/ref_y, logps/ref_yp
 
 with h = [log pi(y) - log pi_ref(y)] - [log pi(y') - log pi_ref(y')].
+`rewards/accuracy` is the accuracy expected under the soft label,
+p 1[h > 0] + (1 - p) 1[h < 0] + 1/2 1[h = 0]: the fraction with h > 0 for
+offline (chosen, rejected) pairs (p = 1), and invariant to swapping y, y'.
 The maths is in ALGORITHMS.md §2; section numbers below refer to it.
 """
 
@@ -329,7 +332,7 @@ def nash_md_pg_loss(
   reward-to-go KL weights the loss is
 
     loss = -SG(p - 1/2) sum_n log pi(y_n)
-           + tau sum_n log pi(y_n) SG(sum_{k>=n} [log pi(y_k) - log pi_ref(y_k)])
+           + tau sum_n log pi(y_n) SG(sum_{k>=n} log[pi(y_k) / pi_ref(y_k)])
 
   whose gradient is minus the ascent estimate
   grad log pi(y) (p - 1/2 - tau log[pi(y)/pi_ref(y)]). The constant 1/2 is a
@@ -373,7 +376,7 @@ def rlhf_pg_loss(
   """KL-regularised REINFORCE surrogate for the RLHF baseline (§2.7).
 
     loss = -SG(r) sum_n log pi(y_n)
-           + tau sum_n log pi(y_n) SG(sum_{k>=n} [log pi(y_k) - log pi_ref(y_k)])
+           + tau sum_n log pi(y_n) SG(sum_{k>=n} log[pi(y_k) / pi_ref(y_k)])
 
   The gradient is minus grad log pi(y) (r(x, y) - tau log[pi(y)/pi_ref(y)]),
   the ascent direction of arXiv 2403.08635's RL baseline. Its per-token KL

@@ -324,7 +324,8 @@ class PolicyGradientLossTest(parameterized.TestCase):
       losses.rlhf_pg_loss(TOKENS_PI, TOKENS_REF, MASK, P_PG, tau=0)
     with self.assertRaisesRegex(ValueError, "mask_BxL must have rank 2"):
       losses.nash_md_pg_loss(TOKENS_PI, TOKENS_REF, MASK[0], P_PG, tau=1.0)
-    with self.assertRaisesRegex(ValueError, r"pref_B must have shape \[batch\]"):
+    with self.assertRaisesRegex(ValueError,
+                                r"pref_B must have shape \[batch\]"):
       losses.nash_md_pg_loss(TOKENS_PI, TOKENS_REF, MASK, P_PG[:1], tau=1.0)
     with self.assertRaisesRegex(ValueError, r"reward_B must have shape"):
       losses.rlhf_pg_loss(TOKENS_PI, TOKENS_REF, MASK, P_PG[:, None], tau=1.0)

@@ -205,8 +205,8 @@ def run(config: LabConfig, log: Callable[[str], None] = print) -> dict:
   log("sampled training:")
   results["sampled"] = _sampled_online_ipo(game, config, log)
   log("IPO-MD fixed point against beta ...")
-  results["fixed_points"] = fixed_points_vs_beta(
-      game, np.linspace(0.0, 1.0, config.beta_grid))
+  betas = np.round(np.linspace(0.0, 1.0, config.beta_grid), 12)
+  results["fixed_points"] = fixed_points_vs_beta(game, betas)
   log("online DPO vs Nash (two actions) ...")
   results["online_dpo_vs_nash"] = online_dpo_vs_nash()
   log(f"estimator variances over {config.num_random_games} random games ...")

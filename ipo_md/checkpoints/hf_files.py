@@ -18,8 +18,8 @@ Reading: `open_weights(directory)` opens `model.safetensors`, a sharded
 `model.safetensors.index.json`, `pytorch_model.bin` or its sharded index, and
 hands out one numpy tensor per `read(key)` call, so an import never holds more
 than the tensor in flight besides what it has already converted. safetensors
-files are read with `safe_open` (memory-mapped, no torch needed); `.bin` files
-need torch and are opened with `mmap=True`.
+files are read with `safe_open` (memory-mapped per tensor, no torch needed);
+`.bin` files need torch and are opened with `mmap=True`.
 
 Writing: `write_safetensors` streams tensors into the safetensors format (an
 8-byte little-endian header size, a JSON header of dtypes, shapes and byte
@@ -100,16 +100,23 @@ def _shard_files(directory: pathlib.Path, index_name: str) -> list[pathlib.Path]
   return [directory / f for f in files]
 
 
+def _read_safetensor(path: pathlib.Path, key: str) -> np.ndarray:
+  # A fresh memory map per tensor: pages of tensors already converted do not
+  # stay mapped (and counted in the RSS) for the rest of the import.
+  with safe_open(str(path), framework="numpy") as handle:
+    return handle.get_tensor(key)
+
+
 def _open_safetensors(files: Sequence[pathlib.Path], description: str
                       ) -> WeightSource:
-  handles = [safe_open(str(f), framework="numpy") for f in files]
   owner, shapes = {}, {}
-  for handle in handles:
-    for key in handle.keys():
-      owner[key] = handle
-      shapes[key] = tuple(handle.get_slice(key).get_shape())
-  return WeightSource(description, shapes, lambda k: owner[k].get_tensor(k),
-                      lambda: handles.clear())
+  for path in files:
+    with safe_open(str(path), framework="numpy") as handle:
+      for key in handle.keys():
+        owner[key] = path
+        shapes[key] = tuple(handle.get_slice(key).get_shape())
+  return WeightSource(description, shapes,
+                      lambda k: _read_safetensor(owner[k], k), lambda: None)
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:

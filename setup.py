@@ -20,6 +20,8 @@ CORE = [
     "matplotlib>=3.8",
     "safetensors>=0.4",
     "rouge-score>=0.1.2",
+    # TFDS needs it to build XSum from the manual tarball.
+    "importlib_resources>=6",
 ]
 
 setuptools.setup(

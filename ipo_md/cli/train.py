@@ -20,17 +20,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def train(*, model_dir: str, model_config, stages: list, mesh_config=None,
           preference: Any = None, preference_params: Any = None,
           eval_data=None, eval_sampling=None, initial_checkpoint: str | None =
-          None) -> dict:
-  """Trains `stages` in order in `model_dir` (see ipo_md.trainer.pipeline)."""
+          None, dry_run: bool = False) -> dict:
+  """Trains `stages` in order in `model_dir` (see ipo_md.trainer.pipeline).
+
+  With `dry_run`, builds every stage's train state abstractly on the mesh
+  (shapes, shardings, sizes; no memory, no data, no checkpoint reads), prints
+  it and returns it: a check of a large configuration on any machine.
+  """
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   from ipo_md import partitioning  # pylint: disable=g-import-not-at-top
   from ipo_md.trainer import pipeline  # pylint: disable=g-import-not-at-top
 
+  mesh = partitioning.make_mesh(mesh_config or partitioning.MeshConfig())
+  if dry_run:
+    return _dry_run(model_config, stages, mesh)
   directory = _check_model_dir(model_dir)
   (directory / "config.gin").write_text(gin.operative_config_str())
-  mesh = partitioning.make_mesh(mesh_config or partitioning.MeshConfig())
   _describe(model_config, stages, mesh, directory)
   initial_params = None
   if initial_checkpoint:
@@ -45,6 +52,17 @@ def train(*, model_dir: str, model_config, stages: list, mesh_config=None,
   _summary(directory, stages, results, time.time() - start)
   del jax
   return results
+
+
+def _dry_run(model_config, stages, mesh):
+  from ipo_md.trainer import pipeline  # pylint: disable=g-import-not-at-top
+
+  described = pipeline.describe(model_config=model_config, stages=stages,
+                                mesh=mesh)
+  for name, d in described.items():
+    print(f"[{name}] {d['num_params'] / 1e6:.1f}M parameters, "
+          f"{d['param_bytes'] / 2**30:.2f} GiB, mesh {dict(mesh.shape)}")
+  return described
 
 
 def _check_model_dir(model_dir: str) -> pathlib.Path:
@@ -116,11 +134,27 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="ipo-md train",
                                    description=__doc__.split("\n\n")[0])
   gin_flags.add_flags(parser)
+  parser.add_argument(
+      "--dry_run", action="store_true",
+      help="Build the configuration abstractly (shapes, shardings, sizes) "
+      "and exit; allocates nothing.")
+  parser.add_argument(
+      "--multihost", action="store_true",
+      help="Call jax.distributed.initialize() first (every host of a TPU pod "
+      "or a multi-node GPU job runs the same command; see launch/).")
   args = parser.parse_args(argv)
+  if args.multihost:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    jax.distributed.initialize()
   gin_flags.parse(args, dot_bindings)
+  # Task locations bound in gin (e.g. register_tldr_tasks.sft_dir) take effect.
+  from ipo_md.cli import data as data_cli  # pylint: disable=g-import-not-at-top
+
+  data_cli.register_tasks_from_gin()
   configured = gin.get_configurable(train)
   try:
-    configured()
+    configured(**({"dry_run": True} if args.dry_run else {}))
   except (ValueError, TypeError, RuntimeError) as e:
     if "REQUIRED" in str(e) or "Required bindings" in str(e):
       raise SystemExit(

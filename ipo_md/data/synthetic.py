@@ -42,7 +42,7 @@ WEATHERS = ("sunny", "rainy", "windy", "foggy", "snowy", "cloudy")
 GLUE = ("owns", "a", "likes", "days", "was", "seen", "nearby", ".")
 WORDS = NAMES + COLORS + OBJECTS + WEATHERS + GLUE
 
-TRAIN_SIZE = 20_000
+TRAIN_SIZE = 8_192
 VALIDATION_SIZE = 512
 MIN_FACTS, MAX_FACTS = 2, 4
 MIN_DISTRACTORS, MAX_DISTRACTORS = 2, 4

@@ -71,6 +71,29 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
+def abstract_train_state(model: network.Transformer,
+                         tx: optax.GradientTransformation,
+                         mesh: jax.sharding.Mesh, seed: int = 0):
+  """The train state as ShapeDtypeStructs with their shardings, derived from
+  the model's logical axes (no memory is allocated).
+
+  Returns (abstract_state, state_shardings, param_shardings).
+  """
+  boxed = scoring.abstract_params(model)
+  param_shardings = partitioning.param_shardings(boxed, mesh)
+  abstract_params = nn.unbox(boxed)
+  abstract_state = jax.eval_shape(
+      lambda p: train_state_lib.create(p, tx, seed), abstract_params)
+  rep = partitioning.replicated(mesh)
+  state_shardings = train_state_lib.TrainState(
+      step=rep, params=param_shardings,
+      opt_state=partitioning.like_params_shardings(
+          abstract_state.opt_state, param_shardings, abstract_params, mesh),
+      rng=rep)
+  return (checkpoints.abstract_with_shardings(abstract_state, state_shardings),
+          state_shardings, param_shardings)
+
+
 class Trainer:
   """Trains one stage (see pipeline.py) of a policy in `directory`."""
 
@@ -112,21 +135,12 @@ class Trainer:
         rows_per_step=rows_per_step or data.batch_size)
 
   def _build_shardings(self):
-    boxed = scoring.abstract_params(self.model)
-    self.param_shardings = partitioning.param_shardings(boxed, self.mesh)
-    self.abstract_params = nn.unbox(boxed)
-    abstract_state = jax.eval_shape(
-        lambda p: train_state_lib.create(p, self.tx, self.loop.seed),
-        self.abstract_params)
-    rep = partitioning.replicated(self.mesh)
-    self.state_shardings = train_state_lib.TrainState(
-        step=rep, params=self.param_shardings,
-        opt_state=partitioning.like_params_shardings(
-            abstract_state.opt_state, self.param_shardings,
-            self.abstract_params, self.mesh),
-        rng=rep)
-    self.abstract_state = checkpoints.abstract_with_shardings(
-        abstract_state, self.state_shardings)
+    (self.abstract_state, self.state_shardings,
+     self.param_shardings) = abstract_train_state(self.model, self.tx,
+                                                  self.mesh, self.loop.seed)
+    self.abstract_params = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+        self.abstract_state.params)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
     self.frozen_shardings = {
         k: (self.param_shardings if k == "ref" else

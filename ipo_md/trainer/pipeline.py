@@ -127,6 +127,26 @@ def run(*, model_dir: str, model_config: config_lib.T5Config,
   return results
 
 
+def describe(*, model_config: config_lib.T5Config, stages: list[Stage],
+             mesh: jax.sharding.Mesh) -> dict:
+  """Shapes, shardings and sizes of every stage's train state, built
+  abstractly (jax.eval_shape): checks a configuration without memory."""
+  model = network.Transformer(model_config)
+  out = {}
+  for stage in stages:
+    tx, _ = stage.optimizer.build()
+    abstract_state, _, _ = loop_lib.abstract_train_state(
+        model, tx, mesh, stage.loop.seed)
+    leaves = jax.tree_util.tree_leaves(abstract_state.params)
+    out[stage.name] = {
+        "state": abstract_state,
+        "num_params": sum(int(np.prod(x.shape)) for x in leaves),
+        "param_bytes": sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                           for x in leaves),
+    }
+  return out
+
+
 def _random_params(model, mesh, seed):
   from ipo_md.model import scoring  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top

@@ -122,9 +122,10 @@ def main() -> int:
                       "temporary folder, deleted afterwards).")
   parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args._child:  # pylint: disable=protected-access
-    fn = _write if args._child == "write" else _import  # pylint: disable=protected-access
-    result = fn(args.keep, args.size) if fn is _write else fn(args.keep)
+  child = args._child  # pylint: disable=protected-access
+  if child:
+    result = (_write(args.keep, args.size) if child == "write"
+              else _import(args.keep))
     print(json.dumps(result))
     return 0
   with tempfile.TemporaryDirectory() as tmp:

@@ -151,6 +151,23 @@ class ParamsIoTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "unknown T5Config fields"):
       params_io.load_config(path)
 
+  def test_initial_params_checked_against_the_configured_model(self):
+    root = self.tmp()
+    params = random_params(V11)
+    params_io.save_params(root / "ckpt", params, V11)
+    hf.export_hf(params, V11, root / "hf")
+    for path in (root / "ckpt", root / "hf"):
+      model = V11.replace(param_dtype="bfloat16", dropout_rate=0.1)
+      loaded, config = params_io.load_initial_params(path,
+                                                     expected_config=model)
+      self.assertEqual(config, V11.replace(param_dtype="bfloat16"))
+      self.assertEqual({x.dtype.name for x in jax.tree.leaves(loaded)},
+                       {"bfloat16"})
+      with self.assertRaisesRegex(
+          ValueError, r"num_decoder_layers: checkpoint 3 vs model 2"):
+        params_io.load_initial_params(
+            path, expected_config=V11.replace(num_decoder_layers=2))
+
   def test_missing_pieces(self):
     with self.assertRaisesRegex(FileNotFoundError, "not a params checkpoint"):
       params_io.load_params(self.tmp())

@@ -54,8 +54,9 @@ def _optimizer_state(params: dict) -> dict:
 
 
 def write_orbax(directory: pathlib.Path, params: dict, step: int) -> None:
-  state = {"target": params, "state": {"step": np.int32(step),
-                                       "param_states": _optimizer_state(params)}}
+  state = {"target": params,
+           "state": {"step": np.int32(step),
+                     "param_states": _optimizer_state(params)}}
   ocp.PyTreeCheckpointer().save(directory / f"checkpoint_{step}", state)
 
 
@@ -143,6 +144,19 @@ class T5xImportTest(parameterized.TestCase):
     self.assertEqual(config.mlp_activations, ("silu", "linear"))
     with self.assertRaisesRegex(ValueError, "2 input projections"):
       t5x_import.load_t5x(root, mlp_activations=("relu",))
+
+  def test_initial_params_take_unrecorded_fields_from_the_model(self):
+    root = self.tmp()
+    params = random_params(V11)
+    write_legacy(root, params, 1)
+    model = V11.replace(mlp_activations=("silu", "linear"),
+                        relative_attention_max_distance=64)
+    loaded, config = params_io.load_initial_params(root, expected_config=model)
+    self.assertEqual(config, model)
+    assert_trees_equal(self, loaded, params)
+    with self.assertRaisesRegex(ValueError, "mlp_dim: checkpoint 16 vs model"):
+      params_io.load_initial_params(root,
+                                    expected_config=model.replace(mlp_dim=8))
 
   @parameterized.parameters(write_orbax, write_legacy)
   def test_shapes_that_do_not_match_a_given_config(self, writer):

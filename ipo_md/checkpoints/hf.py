@@ -273,6 +273,39 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
     return False
 
 
+def _hf_folder(directory: str | os.PathLike
+               ) -> tuple[pathlib.Path, dict[str, Any]]:
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise FileNotFoundError(f"Hugging Face checkpoint {directory} does not "
+                            "exist or is not a folder.")
+  hf_config = read_hf_config(directory)
+  _check_architecture(hf_config, str(directory / CONFIG_FILE))
+  return directory, hf_config
+
+
+def _configure(directory: pathlib.Path, hf_config: Mapping[str, Any],
+               src: hf_files.WeightSource, param_dtype: str
+               ) -> tuple[config_lib.T5Config, _Head]:
+  """The T5Config and output-layer rule, with every tensor name and shape
+  checked (no tensor data is read, except to compare a stored lm_head with
+  the embedding)."""
+  head = _output_head(src, hf_config)
+  config = t5_config_from_hf(hf_config, logits_via_embedding=head.tied,
+                             param_dtype=param_dtype,
+                             source=str(directory / CONFIG_FILE))
+  _check_hf_tensors(src, config, hf_names(config))
+  return config, head
+
+
+def load_hf_config(directory: str | os.PathLike, *,
+                   param_dtype: str = "float32") -> config_lib.T5Config:
+  """The T5Config `load_hf` would return, after the same checks."""
+  directory, hf_config = _hf_folder(directory)
+  with hf_files.open_weights(directory) as src:
+    return _configure(directory, hf_config, src, param_dtype)[0]
+
+
 def load_hf(directory: str | os.PathLike, *, shardings: Any = None,
             param_dtype: str = "float32"
             ) -> tuple[dict[str, Any], config_lib.T5Config]:
@@ -288,23 +321,13 @@ def load_hf(directory: str | os.PathLike, *, shardings: Any = None,
   Returns:
     (params, config): unboxed params with T5X names, and the T5Config.
   """
-  directory = pathlib.Path(directory)
-  if not directory.is_dir():
-    raise FileNotFoundError(f"Hugging Face checkpoint {directory} does not "
-                            "exist or is not a folder.")
-  hf_config = read_hf_config(directory)
-  source = str(directory / CONFIG_FILE)
-  _check_architecture(hf_config, source)
+  directory, hf_config = _hf_folder(directory)
   with hf_files.open_weights(directory) as src:
-    head = _output_head(src, hf_config)
-    config = t5_config_from_hf(hf_config, logits_via_embedding=head.tied,
-                               param_dtype=param_dtype, source=source)
-    names = hf_names(config)
-    _check_hf_tensors(src, config, names)
+    config, head = _configure(directory, hf_config, src, param_dtype)
     lookup = t5_layout.shardings_lookup(shardings)
     dtype = config.jnp_param_dtype
     flat = {}
-    for path, (key, transposed) in names.items():
+    for path, (key, transposed) in hf_names(config).items():
       array = src.read(key)
       flat[path] = t5_layout.place(array.T if transposed else array, dtype,
                                    lookup(path))

@@ -87,7 +87,8 @@ def find_weight_file(directory: pathlib.Path) -> pathlib.Path | None:
   return None
 
 
-def _shard_files(directory: pathlib.Path, index_name: str) -> list[pathlib.Path]:
+def _shard_files(directory: pathlib.Path, index_name: str
+                 ) -> list[pathlib.Path]:
   index = json.loads((directory / index_name).read_text())
   if "weight_map" not in index:
     raise ValueError(f"{directory / index_name} has no 'weight_map'.")

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Params-only checkpoints: what `ipo-md convert` writes and training starts from.
+"""Params-only checkpoints: what `ipo-md convert` writes, training starts from.
 
 Layout of a params checkpoint directory:
 
@@ -31,6 +31,7 @@ import pathlib
 from typing import Any
 
 import flax.core.meta
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -42,7 +43,7 @@ from ipo_md.model import config as config_lib
 
 CONFIG_FILE = "config.json"
 PARAMS_ITEM = "params"
-# A training run: <stage dir>/checkpoints/<step>/{state,meta} (ipo_md.checkpoints).
+# A training run: <stage>/checkpoints/<step>/{state,meta} (ipo_md.checkpoints).
 TRAIN_CHECKPOINTS = "checkpoints"
 TRAIN_STATE_ITEM = "state"
 TRAIN_META_ITEM = "meta"
@@ -133,8 +134,9 @@ def _train_step_dir(path: pathlib.Path, step: int | None) -> pathlib.Path:
                  if p.name.isdigit() and (p / TRAIN_STATE_ITEM).is_dir()
                  ) if path.is_dir() else []
   if not steps:
-    stages = sorted(p.name for p in path.iterdir()
-                    if (p / TRAIN_CHECKPOINTS).is_dir()) if path.is_dir() else []
+    children = path.iterdir() if path.is_dir() else ()
+    stages = sorted(p.name for p in children
+                    if (p / TRAIN_CHECKPOINTS).is_dir())
     hint = (f" It holds the stages {stages}: pass {path}/<stage>."
             if stages else "")
     raise FileNotFoundError(
@@ -155,8 +157,23 @@ def is_train_dir(path: str | os.PathLike) -> bool:
   return True
 
 
+def load_train_config(path: str | os.PathLike, *, step: int | None = None
+                      ) -> config_lib.T5Config:
+  """The model config of a training checkpoint (its step's `meta` JSON)."""
+  step_dir = _train_step_dir(pathlib.Path(path).absolute(), step)
+  meta_dir = step_dir / TRAIN_META_ITEM
+  if not meta_dir.is_dir():
+    raise FileNotFoundError(
+        f"{meta_dir} is missing: cannot tell the model config of {step_dir}.")
+  meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
+  if not isinstance(meta, dict) or "model_config" not in meta:
+    raise ValueError(f"{meta_dir} has no 'model_config' entry.")
+  return t5_layout.config_from_dict(meta["model_config"], source=str(meta_dir))
+
+
 def load_train_params(path: str | os.PathLike, *, step: int | None = None,
-                      shardings: Any = None) -> tuple[dict, config_lib.T5Config]:
+                      shardings: Any = None
+                      ) -> tuple[dict, config_lib.T5Config]:
   """The policy params of a training checkpoint (no optimizer state is read).
 
   Args:
@@ -169,52 +186,79 @@ def load_train_params(path: str | os.PathLike, *, step: int | None = None,
     (params, config); the config comes from the step's `meta` JSON.
   """
   step_dir = _train_step_dir(pathlib.Path(path).absolute(), step)
-  meta_dir = step_dir / TRAIN_META_ITEM
-  if not meta_dir.is_dir():
-    raise FileNotFoundError(
-        f"{meta_dir} is missing: cannot tell the model config of {step_dir}.")
-  meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
-  if not isinstance(meta, dict) or "model_config" not in meta:
-    raise ValueError(f"{meta_dir} has no 'model_config' entry.")
-  config = t5_layout.config_from_dict(meta["model_config"],
-                                      source=str(meta_dir))
+  config = load_train_config(step_dir)
   params = _restore_tree(step_dir / TRAIN_STATE_ITEM, config, shardings,
                          subtree="params")
   return params, config
 
 
-def load_initial_params(path: str | os.PathLike, *, shardings: Any = None
-                        ) -> tuple[dict, config_lib.T5Config]:
-  """Params and config of any supported checkpoint, detected by its files.
-
-  Accepts, in this order: a params checkpoint (config.json + params/), a
-  Hugging Face T5 folder (config.json + model.safetensors or
-  pytorch_model.bin, possibly sharded), a native T5X checkpoint (Orbax or
-  legacy msgpack + TensorStore; the config is inferred from the shapes), or
-  a training run (MODEL_DIR/<stage> or its checkpoints; the latest step).
-
-  Args:
-    path: the checkpoint directory.
-    shardings: None, one Sharding, or a pytree matching the params; each
-      tensor is placed directly in its sharding.
-
-  Returns:
-    (params, config).
-  """
-  path = pathlib.Path(path)
-  if not path.is_dir():
-    raise FileNotFoundError(f"Initial checkpoint {path} is not a directory.")
+def _loader(path: pathlib.Path, shardings: Any, param_dtype: str,
+            expected: config_lib.T5Config | None):
+  """(config, load) for the checkpoint kind at `path`; `load()` returns
+  (params, config). Only config files and tensor shapes are read here."""
   if is_params_dir(path):
-    return load_params(path, shardings=shardings)
+    return load_config(path), lambda: load_params(path, shardings=shardings)
   if hf.is_hf_dir(path):
-    return hf.load_hf(path, shardings=shardings)
+    return (hf.load_hf_config(path, param_dtype=param_dtype),
+            lambda: hf.load_hf(path, shardings=shardings,
+                               param_dtype=param_dtype))
   if t5x_import.is_t5x_checkpoint(path):
-    return t5x_import.load_t5x(path, shardings=shardings)
+    # T5X records no config: shapes fix all but the gated activation and the
+    # relative-position max distance, which the configured model supplies.
+    config = t5x_import.load_t5x_config(path, param_dtype=param_dtype)
+    if expected is not None:
+      config = config.replace(
+          mlp_activations=expected.mlp_activations,
+          relative_attention_max_distance=(
+              expected.relative_attention_max_distance))
+    return config, lambda: t5x_import.load_t5x(path, config=config,
+                                               shardings=shardings)
   if is_train_dir(path):
-    return load_train_params(path, shardings=shardings)
+    return (load_train_config(path),
+            lambda: load_train_params(path, shardings=shardings))
   raise FileNotFoundError(
       f"{path} is not a checkpoint this framework can read. Expected one of: "
       f"a params checkpoint ({CONFIG_FILE} + {PARAMS_ITEM}/), a Hugging Face "
       "T5 folder (config.json + model.safetensors or pytorch_model.bin), a "
       "T5X checkpoint (checkpoint_<step>/ or a folder with a 'checkpoint' or "
       "'_METADATA' file), or a training stage folder (checkpoints/<step>/).")
+
+
+def load_initial_params(path: str | os.PathLike, *, shardings: Any = None,
+                        expected_config: config_lib.T5Config | None = None
+                        ) -> tuple[dict, config_lib.T5Config]:
+  """Params and config of any supported checkpoint, detected by its files.
+
+  Accepts, in this order: a params checkpoint (config.json + params/), a
+  Hugging Face T5 folder (config.json + model.safetensors or
+  pytorch_model.bin, possibly sharded), a native T5X checkpoint (Orbax or
+  legacy msgpack + TensorStore), or a training run (MODEL_DIR/<stage> or its
+  checkpoints; the latest step).
+
+  Args:
+    path: the checkpoint directory.
+    shardings: None, one Sharding, or a pytree matching the params; each
+      tensor is placed directly in its sharding.
+    expected_config: the configured model. When given, the checkpoint's
+      architecture is checked against it before any tensor is read, and the
+      params are returned in its `param_dtype`.
+
+  Returns:
+    (params, config): config is the checkpoint's (with the expected
+    param_dtype when `expected_config` is given).
+  """
+  path = pathlib.Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"Initial checkpoint {path} is not a directory.")
+  param_dtype = "float32" if expected_config is None else (
+      expected_config.param_dtype)
+  config, load = _loader(path, shardings, param_dtype, expected_config)
+  if expected_config is None:
+    return load()
+  t5_layout.check_compatible(config, expected_config, source=str(path))
+  params, config = load()
+  if config.param_dtype != param_dtype:
+    dtype = expected_config.jnp_param_dtype
+    params = jax.tree_util.tree_map(lambda x: x.astype(dtype), params)
+    config = config.replace(param_dtype=param_dtype)
+  return params, config

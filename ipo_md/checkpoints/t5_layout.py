@@ -17,8 +17,9 @@
 Every importer and exporter checks a checkpoint against `param_shapes(config)`
 *before* reading any tensor, so a wrong or truncated checkpoint fails with an
 error naming the tensor and both shapes instead of deep inside Flax. The table
-mirrors `ipo_md.model.network` (T5X names); `tests/checkpoints_params_io_test.py`
-checks it against the network's own abstract parameters.
+mirrors `ipo_md.model.network` (T5X names);
+`tests/checkpoints_params_io_test.py` checks it against the network's own
+abstract parameters.
 
 Paths are '/'-joined, e.g. `encoder/layers_0/attention/query/kernel`.
 """
@@ -44,7 +45,8 @@ def mlp_names(config: config_lib.T5Config) -> tuple[str, ...]:
   return ("wi",) if n == 1 else tuple(f"wi_{i}" for i in range(n))
 
 
-def _attention_shapes(prefix: str, cfg: config_lib.T5Config) -> dict[str, Shape]:
+def _attention_shapes(prefix: str, cfg: config_lib.T5Config
+                      ) -> dict[str, Shape]:
   inner = cfg.num_heads * cfg.head_dim
   shapes = {f"{prefix}/{n}/kernel": (cfg.emb_dim, inner) for n in _ATTENTION}
   shapes[f"{prefix}/out/kernel"] = (inner, cfg.emb_dim)
@@ -116,6 +118,28 @@ def check_shapes(found: Mapping[str, Shape], config: config_lib.T5Config, *,
           f"{source}: tensor {path!r} has shape {tuple(found[path])}, but the "
           f"config implies {shape}. The checkpoint does not match its config "
           "(vocab_size, emb_dim, num_heads, head_dim, mlp_dim, ...).")
+
+
+# Fields that do not change the parameters: a checkpoint may be loaded into a
+# model that sets them differently.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "dropout_rate", "remat")
+
+
+def check_compatible(found: config_lib.T5Config,
+                     expected: config_lib.T5Config, *, source: str) -> None:
+  """Raises ValueError unless the two configs describe the same parameters
+  and computation (RUNTIME_FIELDS aside)."""
+  diff = {f.name: (getattr(found, f.name), getattr(expected, f.name))
+          for f in dataclasses.fields(config_lib.T5Config)
+          if f.name not in RUNTIME_FIELDS
+          and getattr(found, f.name) != getattr(expected, f.name)}
+  if diff:
+    shown = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}"
+                      for k, (a, b) in diff.items())
+    raise ValueError(
+        f"{source} holds another architecture than the configured model "
+        f"({shown}). Configure the model like the checkpoint (e.g. the gin "
+        "file of its size) or point to a checkpoint of this model.")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -121,7 +121,8 @@ def _local_spec(spec: Mapping[str, Any], ckpt_dir: pathlib.Path
     spec["kvstore"] = {"driver": "file",
                        "path": str(ckpt_dir / kvstore["path"])}
   else:  # tensorstore < 0.1.14 put the path at the top level.
-    spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / spec.pop("path"))}
+    spec["kvstore"] = {"driver": "file",
+                       "path": str(ckpt_dir / spec.pop("path"))}
   return spec
 
 
@@ -203,6 +204,25 @@ def infer_config(shapes: Mapping[str, Shape], *,
       relative_attention_num_buckets=buckets, param_dtype=param_dtype)
 
 
+def _target_shapes(ckpt_dir: pathlib.Path) -> tuple[dict[str, Shape], Any]:
+  """Shapes of the `target` tree, and the legacy leaf readers (None for an
+  Orbax checkpoint, which is restored as a whole)."""
+  if (ckpt_dir / ORBAX_FILE).is_file():
+    return orbax_tree.subtree_shapes(ckpt_dir, TARGET), None
+  leaves = _legacy_target(ckpt_dir)
+  return {p: shape for p, (shape, _) in leaves.items()}, leaves
+
+
+def load_t5x_config(path: str | os.PathLike, *, step: int | None = None,
+                    mlp_activations: tuple[str, ...] | None = None,
+                    param_dtype: str = "float32") -> config_lib.T5Config:
+  """The config `load_t5x` infers, without reading a tensor."""
+  ckpt_dir = find_checkpoint_dir(path, step)
+  shapes, _ = _target_shapes(ckpt_dir)
+  return infer_config(shapes, mlp_activations=mlp_activations,
+                      param_dtype=param_dtype, source=str(ckpt_dir))
+
+
 def load_t5x(path: str | os.PathLike, *, step: int | None = None,
              config: config_lib.T5Config | None = None,
              mlp_activations: tuple[str, ...] | None = None,
@@ -214,7 +234,8 @@ def load_t5x(path: str | os.PathLike, *, step: int | None = None,
     path: a `checkpoint_<step>` folder, or the folder holding several (the
       latest, or `step`, is read).
     step: which checkpoint_<step> when `path` holds several.
-    config: the model config; inferred from the shapes when None.
+    config: the model config (checked against the shapes); inferred from the
+      shapes when None.
     mlp_activations: overrides the inferred MLP activations (inference only).
     param_dtype: dtype of the imported params (inference only).
     shardings: None, one Sharding, or a pytree matching the params.
@@ -223,18 +244,13 @@ def load_t5x(path: str | os.PathLike, *, step: int | None = None,
     (params, config).
   """
   ckpt_dir = find_checkpoint_dir(path, step)
-  orbax = (ckpt_dir / ORBAX_FILE).is_file()
-  if orbax:
-    shapes = orbax_tree.subtree_shapes(ckpt_dir, TARGET)
-  else:
-    leaves = _legacy_target(ckpt_dir)
-    shapes = {p: shape for p, (shape, _) in leaves.items()}
+  shapes, leaves = _target_shapes(ckpt_dir)
   if config is None:
     config = infer_config(shapes, mlp_activations=mlp_activations,
                           param_dtype=param_dtype, source=str(ckpt_dir))
   t5_layout.check_shapes(shapes, config, source=str(ckpt_dir))
   dtype = config.jnp_param_dtype
-  if orbax:
+  if leaves is None:
     params = orbax_tree.restore_subtree(ckpt_dir, shapes, dtype, shardings,
                                         TARGET)
     return params, config

@@ -24,6 +24,7 @@ params are read. The output loads with
 """
 
 import argparse
+import pathlib
 import sys
 
 
@@ -56,6 +57,8 @@ def main(argv: list[str]) -> int:
 
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   try:
+    if not pathlib.Path(args.source).is_dir():
+      raise FileNotFoundError(f"--from {args.source} is not a directory.")
     if params_io.is_params_dir(args.source):
       if args.step is not None:
         raise ValueError("--step applies to training checkpoints, and "

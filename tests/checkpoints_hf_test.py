@@ -39,6 +39,7 @@ from ipo_md.checkpoints import t5_layout
 from tests.checkpoints_params_io_test import assert_trees_equal
 from tests.checkpoints_params_io_test import mesh_shardings
 from tests.checkpoints_params_io_test import random_params
+from tests.checkpoints_params_io_test import fake_mesh
 from tests.checkpoints_params_io_test import V10
 from tests.checkpoints_params_io_test import V11
 
@@ -161,8 +162,7 @@ class HfTest(parameterized.TestCase):
 
     self.enter_context(absltest.mock.patch.object(hf_files, "open_weights",
                                                   counting))
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4),
-                             ("data", "model"))
+    mesh = fake_mesh(self)
     shardings = mesh_shardings(V11, mesh)
     loaded, _ = hf.load_hf(path, shardings=shardings)
     self.assertCountEqual(reads, set(reads))

@@ -40,6 +40,7 @@ from ipo_md.checkpoints import t5x_import
 from tests.checkpoints_params_io_test import assert_trees_equal
 from tests.checkpoints_params_io_test import mesh_shardings
 from tests.checkpoints_params_io_test import random_params
+from tests.checkpoints_params_io_test import fake_mesh
 from tests.checkpoints_params_io_test import V10
 from tests.checkpoints_params_io_test import V11
 
@@ -128,8 +129,7 @@ class T5xImportTest(parameterized.TestCase):
     root = self.tmp()
     params = random_params(V11)
     writer(root, params, 7)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4),
-                             ("data", "model"))
+    mesh = fake_mesh(self)
     shardings = mesh_shardings(V11, mesh)
     loaded, _ = params_io.load_initial_params(root, shardings=shardings)
     flat = t5_layout.flatten(shardings)

@@ -208,3 +208,31 @@ def test_checkpoint_of_another_model_size_is_rejected(tmp_path):
   other = network.Transformer(CFG.replace(mlp_dim=256))
   with pytest.raises(ValueError, match="written by another model"):
     _trainer(tmp_path, 2, model=other).run()
+
+
+def test_microbatch_accumulation_equals_full_batch():
+  sft = objectives.SFT(model=MODEL)
+  examples = synthetic.generate("validation", 8)
+  vocab = synthetic.vocabulary()
+
+  def encode(texts, length):
+    out = np.zeros((len(texts), length), np.int32)
+    for i, t in enumerate(texts):
+      ids = vocab.encode(t)[: length - 1] + [1]
+      out[i, : len(ids)] = ids
+    return out
+
+  # Equal target lengths per row, so the token-mean loss splits evenly.
+  batch = {"inputs": encode([e["inputs"] for e in examples], 64),
+           "targets": np.tile(encode([examples[0]["targets"]], 32), (8, 1))}
+  params = _params(0)
+  rng = jax.random.PRNGKey(0)
+  full, m_full = step_lib.compute_grads(sft, params, {}, batch, rng, 1)
+  micro, m_micro = step_lib.compute_grads(sft, params, {}, batch, rng, 4)
+  np.testing.assert_allclose(float(m_micro["loss"]), float(m_full["loss"]),
+                             rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(micro),
+                  jax.tree_util.tree_leaves(full)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="not divisible by num_microbatches=3"):
+    step_lib.compute_grads(sft, params, {}, batch, rng, 3)

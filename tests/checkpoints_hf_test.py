@@ -26,7 +26,6 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import jax
 import ml_dtypes
 import numpy as np
 from safetensors import safe_open

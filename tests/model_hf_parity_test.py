@@ -33,7 +33,6 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -87,7 +87,8 @@ def _load_initial(path, model_config, mesh):
 
   shardings = partitioning.param_shardings(
       scoring.abstract_params(network.Transformer(model_config)), mesh)
-  params, _ = params_io.load_initial_params(path, shardings=shardings)
+  params, _ = params_io.load_initial_params(path, shardings=shardings,
+                                            expected_config=model_config)
   return params
 
 

@@ -36,6 +36,8 @@ def train(*, model_dir: str, model_config, stages: list, mesh_config=None,
   mesh = partitioning.make_mesh(mesh_config or partitioning.MeshConfig())
   if dry_run:
     return _dry_run(model_config, stages, mesh)
+  _require("MODEL_DIR", model_dir, '"/tmp/ipo_md_run"')
+  _require("INITIAL_CHECKPOINT", initial_checkpoint, '"/path/to/checkpoint"')
   directory = _check_model_dir(model_dir)
   (directory / "config.gin").write_text(gin.operative_config_str())
   _describe(model_config, stages, mesh, directory)
@@ -63,6 +65,27 @@ def _dry_run(model_config, stages, mesh):
     print(f"[{name}] {d['num_params'] / 1e6:.1f}M parameters, "
           f"{d['param_bytes'] / 2**30:.2f} GiB, mesh {dict(mesh.shape)}")
   return described
+
+
+def _require(name: str, value: Any, example: str) -> None:
+  """The config is not finalized, so gin passes a `%gin.REQUIRED` macro on
+  as the gin.REQUIRED object itself; stop before it reaches a path."""
+  import gin  # pylint: disable=g-import-not-at-top
+
+  if value is gin.REQUIRED:
+    raise SystemExit(
+        f"{name} is not set: the gin files mark it %gin.REQUIRED. Pass it on "
+        f"the command line, e.g. --gin.{name}={example}")
+
+
+def _distributed_args() -> dict:
+  """jax.distributed.initialize() finds TPU pods, SLURM and Open MPI by
+  itself and reads JAX_COORDINATOR_ADDRESS; elsewhere (plain multi-node GPU,
+  several processes on one machine) JAX_NUM_PROCESSES and JAX_PROCESS_ID give
+  the rest (see launch/gpu_multihost.sh)."""
+  names = {"JAX_NUM_PROCESSES": "num_processes", "JAX_PROCESS_ID": "process_id"}
+  return {arg: int(os.environ[env]) for env, arg in names.items()
+          if os.environ.get(env)}
 
 
 def _check_model_dir(model_dir: str) -> pathlib.Path:
@@ -147,7 +170,7 @@ def main(argv: list[str]) -> int:
   if args.multihost:
     import jax  # pylint: disable=g-import-not-at-top
 
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_distributed_args())
   gin_flags.parse(args, dot_bindings)
   # Task locations bound in gin (e.g. register_tldr_tasks.sft_dir) take effect.
   from ipo_md.cli import data as data_cli  # pylint: disable=g-import-not-at-top

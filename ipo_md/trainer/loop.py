@@ -94,6 +94,21 @@ def abstract_train_state(model: network.Transformer,
           state_shardings, param_shardings)
 
 
+def check_batch(data: pipeline.DataConfig, loop: LoopConfig,
+                mesh: jax.sharding.Mesh, where: str = "") -> None:
+  """Raises if the (micro)batch does not split over the data axis; `where`
+  prefixes the names in the message (e.g. the stage)."""
+  partitioning.check_batch_size(data.batch_size, mesh,
+                                f"{where}DataConfig.batch_size")
+  if loop.num_microbatches > 1:
+    partitioning.check_batch_size(data.batch_size // loop.num_microbatches,
+                                  mesh, f"{where}batch_size / num_microbatches")
+    if data.batch_size % loop.num_microbatches:
+      raise ValueError(
+          f"{where}batch_size={data.batch_size} must be divisible by "
+          f"num_microbatches={loop.num_microbatches}.")
+
+
 class Trainer:
   """Trains one stage (see pipeline.py) of a policy in `directory`."""
 
@@ -106,14 +121,7 @@ class Trainer:
                eval_inputs: np.ndarray | None = None,
                eval_sampling: sampling.SamplingConfig | None = None,
                preference: Any = None, rows_per_step: int | None = None):
-    partitioning.check_batch_size(data.batch_size, mesh, "DataConfig.batch_size")
-    if loop.num_microbatches > 1:
-      partitioning.check_batch_size(data.batch_size // loop.num_microbatches,
-                                    mesh, "batch_size / num_microbatches")
-      if data.batch_size % loop.num_microbatches:
-        raise ValueError(
-            f"batch_size={data.batch_size} must be divisible by "
-            f"num_microbatches={loop.num_microbatches}.")
+    check_batch(data, loop, mesh)
     self.name, self.model, self.mesh = name, model, mesh
     self.data, self.loop, self.directory = data, loop, directory
     self.frozen, self.initial_params = frozen, initial_params

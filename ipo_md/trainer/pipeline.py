@@ -84,6 +84,13 @@ def run(*, model_dir: str, model_config: config_lib.T5Config,
         None = None, eval_sampling: sampling.SamplingConfig | None = None,
         initial_params: Any = None) -> dict:
   """Runs the stages in order; returns {stage name: last metrics}."""
+  # Every stage's batch, before the first stage trains (not hours later).
+  for stage in stages:
+    loop_lib.check_batch(stage.data, stage.loop, mesh,
+                         where=f"stage {stage.name!r}: ")
+  if eval_data is not None:
+    partitioning.check_batch_size(eval_data.batch_size, mesh,
+                                  "eval DataConfig.batch_size")
   model = network.Transformer(model_config)
   eval_inputs = None
   if eval_data is not None:

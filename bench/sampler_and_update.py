@@ -1,0 +1,446 @@
+# Copyright 2025 The ipo-md Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Sampler throughput and update time of ipo_md, beside Hugging Face PyTorch.
+
+Not a test: it prints one table (see bench/README.md for the columns).
+
+  python bench/sampler_and_update.py --quick     # tiny shape only (~1 min CPU)
+  python bench/sampler_and_update.py             # tiny and T5-small shapes
+
+For each shape it times, in the same process and on the same inputs:
+  * sampling two completions per prompt, full length (EOS is masked out in
+    both frameworks, so every row decodes exactly `new_tokens` tokens):
+    policy only (beta = 0) and the geometric mixture with beta = 0.125, which
+    runs the policy and the reference at every step;
+  * one update: teacher-forced log-probs of the two completions, the soft-
+    label IPO loss, its gradient and one Adafactor step;
+  * a large float32 matmul, to put the update's FLOP/s in proportion.
+JAX picks its default device; PyTorch uses CUDA when it is available.
+"""
+
+import argparse
+import dataclasses
+import functools
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ipo_md import losses
+from ipo_md import optim
+from ipo_md.decoding import mixture
+from ipo_md.decoding import sampling
+from ipo_md.model import config as config_lib
+from ipo_md.model import network
+from ipo_md.model import scoring
+
+PAD, EOS = 0, 1
+BETA = 0.125
+TAU = 0.1
+LEARNING_RATE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  name: str
+  size: str
+  vocab_size: int
+  prompts: int
+  input_length: int
+  new_tokens: int
+  repeats: int  # Timed calls after the first (compiling) one.
+
+
+SHAPES = (
+    Shape("tiny", "tiny", 64, 32, 64, 32, repeats=5),
+    Shape("t5-small", "small", config_lib.T5_VOCAB_SIZE, 16, 256, 64,
+          repeats=2),
+)
+
+
+def _timed(fn: Callable[[], Any], repeats: int, sync) -> tuple[float, float]:
+  """(first call in s, median of `repeats` later calls in s)."""
+  t0 = time.perf_counter()
+  sync(fn())
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    sync(fn())
+    times.append(time.perf_counter() - t0)
+  return first, statistics.median(times)
+
+
+# ----------------------------------------------------------------------------
+# JAX / ipo_md
+# ----------------------------------------------------------------------------
+
+
+def _no_eos(fn: sampling.TokensToLogits) -> sampling.TokensToLogits:
+  """Masks EOS so that every row decodes to the maximum length."""
+  def tokens_to_logits(tokens_Bx1, cache):
+    logits, cache, aux = fn(tokens_Bx1, cache)
+    return logits.at[:, EOS].set(-1e9), cache, aux
+  return tokens_to_logits
+
+
+def _jax_sampler(model, shape: Shape, beta: float):
+  cfg = sampling.SamplingConfig(max_decode_length=shape.new_tokens)
+  t = shape.new_tokens
+
+  @jax.jit
+  def run(policy, ref, inputs, rng):
+    policy_fn = scoring.tokens_to_logits_fn(model, policy)
+    cache = scoring.init_decode_cache(model, policy, inputs, t, repeats=2)
+    if beta == 0.0:
+      fn = mixture.with_logps(policy_fn, "policy")
+    else:
+      fn = mixture.geometric_mixture(
+          policy_fn, scoring.tokens_to_logits_fn(model, ref), beta)
+      cache = (cache,
+               scoring.init_decode_cache(model, ref, inputs, t, repeats=2))
+    return sampling.sample(_no_eos(fn), cache, rng,
+                           batch_size=2 * inputs.shape[0], cfg=cfg).tokens
+
+  return run
+
+
+def _pair_loss(model, params, batch):
+  """Mean soft-label IPO loss of the policy on the batch's pairs."""
+  b = batch["inputs"].shape[0]
+  both = jnp.concatenate([batch["y"], batch["yp"]], axis=0)
+  policy = scoring.score_targets(model, params, batch["inputs"], both)
+  loss_B, _ = losses.ipo_loss(policy.sequence[:b], policy.sequence[b:],
+                              batch["ref_y"], batch["ref_yp"], batch["label"],
+                              tau=TAU)
+  return jnp.mean(loss_B)
+
+
+def _jax_update(model, params, tx):
+  """(description, step(state, batch) -> state, initial state).
+
+  Uses the lead's `ipo_md.trainer.step.train_step` with the update half of
+  `OnlinePairwise` (its `loss`; sampling is timed separately) when those
+  modules are importable with the expected API; otherwise the equivalent
+  jitted value_and_grad + adafactor_t5 written here.
+  """
+  try:
+    from ipo_md.trainer import objectives  # pylint: disable=g-import-not-at-top
+    from ipo_md.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
+    from ipo_md.trainer import train_state  # pylint: disable=g-import-not-at-top
+
+    online = objectives.OnlinePairwise(
+        model=model, loss_fn=functools.partial(losses.ipo_loss, tau=TAU),
+        preference=None,
+        sampling=sampling.SamplingConfig(max_decode_length=8))
+
+    class _UpdateOnly:
+      """Pairs are given in the batch: prepare is the identity."""
+
+      def prepare(self, params, frozen, batch, rng):
+        del params, frozen, rng
+        return batch, {}
+
+      def loss(self, params, frozen, batch, rng):
+        return online.loss(params, frozen, batch, rng)
+
+    step = jax.jit(
+        lambda state, batch: step_lib.train_step(
+            state, batch, {"ref": None}, objective=_UpdateOnly(), tx=tx,
+            schedule=optim.make_schedule(
+                base_learning_rate=LEARNING_RATE))[0],
+        donate_argnums=0)
+    state = train_state.create(params, tx, seed=0)
+    return "trainer.step.train_step (OnlinePairwise.loss)", step, state
+  except (ImportError, AttributeError, TypeError) as e:
+    reason = f"{type(e).__name__}: {e}"
+
+  def step(state, batch):
+    params, opt_state = state
+    grads = jax.grad(functools.partial(_pair_loss, model))(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return jax.tree.map(jnp.add, params, updates), opt_state
+
+  return (f"value_and_grad + adafactor_t5 (no trainer.step: {reason})",
+          jax.jit(step, donate_argnums=0), (params, tx.init(params)))
+
+
+def _xla_flops(jitted, *args) -> float | None:
+  try:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost["flops"])
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _matmul_flops_per_s(n: int) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  mm = jax.jit(lambda x, y: x @ y)
+  _, t = _timed(lambda: mm(a, b), 5, jax.block_until_ready)
+  return 2 * n ** 3 / t
+
+
+def _pairs(rng: np.random.Generator, shape: Shape) -> dict[str, np.ndarray]:
+  b, t = shape.prompts, shape.new_tokens
+  tokens = lambda *s: rng.integers(2, shape.vocab_size, s).astype(np.int32)
+  return dict(
+      inputs=tokens(b, shape.input_length), y=tokens(b, t), yp=tokens(b, t),
+      label=rng.uniform(0, 1, b).astype(np.float32),
+      ref_y=-rng.uniform(50, 60, b).astype(np.float32),
+      ref_yp=-rng.uniform(50, 60, b).astype(np.float32))
+
+
+def bench_jax(shape: Shape, data) -> dict[str, Any]:
+  cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size)
+  model = network.Transformer(cfg)
+  init = jax.jit(lambda r: scoring.init_params(model, r))
+  policy, ref = init(jax.random.key(0)), init(jax.random.key(1))
+  inputs = jnp.asarray(data["inputs"])
+  out = {}
+  for beta in (0.0, BETA):
+    run = _jax_sampler(model, shape, beta)
+    outputs = []
+
+    def sample_once(run=run, outputs=outputs):
+      outputs.append(run(policy, ref, inputs, jax.random.key(len(outputs))))
+      return outputs[-1]
+
+    out[f"sample_{beta}"] = _timed(sample_once, shape.repeats,
+                                   jax.block_until_ready)
+    if np.any(np.asarray(outputs[0]) <= EOS):
+      raise AssertionError("the sampler did not decode to full length")
+  tx = optim.adafactor_t5(LEARNING_RATE)
+  how, step, state = _jax_update(model, policy, tx)
+  batch = {k: jnp.asarray(v) for k, v in data.items()}
+  holder = [state]
+
+  def one_update():
+    holder[0] = step(holder[0], batch)  # The old state is donated.
+    return holder[0]
+
+  out["update"] = _timed(one_update, shape.repeats, jax.block_until_ready)
+  out["update_flops"] = _xla_flops(step, holder[0], batch)  # After timing.
+  out["update_how"] = how
+  return out
+
+
+# ----------------------------------------------------------------------------
+# PyTorch / Hugging Face
+# ----------------------------------------------------------------------------
+
+
+def bench_torch(shape: Shape, data) -> dict[str, Any] | None:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    print(f"[torch] skipped: {e}", file=sys.stderr)
+    return None
+  transformers.logging.set_verbosity_error()
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  if device.type == "cuda":
+    # JAX's default float32 matmul precision on NVIDIA GPUs allows TF32;
+    # PyTorch's does not. Match JAX so both run the same arithmetic.
+    torch.set_float32_matmul_precision("high")
+  sync = ((lambda x: torch.cuda.synchronize()) if device.type == "cuda"
+          else (lambda x: None))
+  cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size)
+  hf_cfg = transformers.T5Config(
+      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim,
+      d_ff=cfg.mlp_dim, num_layers=cfg.num_encoder_layers,
+      num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
+      relative_attention_num_buckets=cfg.relative_attention_num_buckets,
+      relative_attention_max_distance=cfg.relative_attention_max_distance,
+      dropout_rate=0.0, feed_forward_proj="gated-gelu",
+      tie_word_embeddings=False, pad_token_id=PAD, eos_token_id=EOS,
+      decoder_start_token_id=PAD)
+  torch.manual_seed(0)
+  policy = transformers.T5ForConditionalGeneration(hf_cfg).to(device).eval()
+  ref = transformers.T5ForConditionalGeneration(hf_cfg).to(device).eval()
+  inputs = torch.as_tensor(data["inputs"], dtype=torch.long, device=device)
+  mask = inputs != PAD
+  t = shape.new_tokens
+  out = {"device": f"{device} ({torch.get_num_threads()} threads)"
+                   if device.type == "cpu" else torch.cuda.get_device_name()}
+
+  @torch.inference_mode()
+  def generate():
+    # min_new_tokens = max_new_tokens masks EOS, as _no_eos does for JAX;
+    # pad is suppressed, as ipo_md's sampler never samples it.
+    return policy.generate(
+        input_ids=inputs, attention_mask=mask, do_sample=True, top_k=0,
+        top_p=1.0, temperature=1.0, max_new_tokens=t, min_new_tokens=t,
+        suppress_tokens=[PAD], num_return_sequences=2)
+
+  @torch.inference_mode()
+  def mixture_loop():
+    # Token-wise geometric mixture with both models' KV caches, by hand
+    # (generate has no two-model mode); EOS and pad masked.
+    x = inputs.repeat(2, 1)
+    m = mask.repeat(2, 1)
+    enc = [model.get_encoder()(input_ids=x, attention_mask=m)
+           for model in (policy, ref)]
+    past = [None, None]
+    prev = torch.full((x.shape[0], 1), PAD, dtype=torch.long, device=device)
+    tokens = []
+    for _ in range(t):
+      logps = []
+      for i, model in enumerate((policy, ref)):
+        o = model(encoder_outputs=enc[i], attention_mask=m,
+                  decoder_input_ids=prev, past_key_values=past[i],
+                  use_cache=True)
+        past[i] = o.past_key_values
+        logps.append(torch.log_softmax(o.logits[:, -1].float(), dim=-1))
+      mixed = (1 - BETA) * logps[0] + BETA * logps[1]
+      mixed[:, [PAD, EOS]] = -float("inf")
+      prev = torch.multinomial(torch.softmax(mixed, dim=-1), 1)
+      tokens.append(prev)
+    return torch.cat(tokens, dim=1)
+
+  warnings.filterwarnings("ignore", message=".*past_key_values.*")
+  for name, fn in (("sample_0.0", generate), (f"sample_{BETA}", mixture_loop)):
+    tokens = fn()
+    new = tokens[:, -t:]
+    if new.shape != (2 * shape.prompts, t) or bool((new <= EOS).any()):
+      raise AssertionError(f"torch {name} did not decode to full length: "
+                           f"{tuple(tokens.shape)}, {new[:2]}")
+    out[name] = _timed(fn, shape.repeats, sync)
+
+  # Update: teacher-forced scores of y and y' (encoder once per prompt),
+  # soft-label IPO, backward, Adafactor (T5X settings).
+  policy.train()
+  opt = Adafactor(policy.parameters(), lr=LEARNING_RATE, relative_step=False,
+                  scale_parameter=True, warmup_init=False, decay_rate=-0.8,
+                  clip_threshold=1.0, beta1=None)
+  b = shape.prompts
+  both = torch.as_tensor(np.concatenate([data["y"], data["yp"]]),
+                         dtype=torch.long, device=device)
+  dec_in = torch.cat([torch.full((2 * b, 1), PAD, dtype=torch.long,
+                                 device=device), both[:, :-1]], dim=1)
+  ref_y, ref_yp, label = (torch.as_tensor(data[k], device=device)
+                          for k in ("ref_y", "ref_yp", "label"))
+
+  def update():
+    opt.zero_grad(set_to_none=True)
+    enc = policy.get_encoder()(input_ids=inputs, attention_mask=mask)
+    hidden = enc.last_hidden_state.repeat(2, 1, 1)
+    logits = policy(encoder_outputs=(hidden,), attention_mask=mask.repeat(2, 1),
+                    decoder_input_ids=dec_in).logits
+    token = torch.log_softmax(logits.float(), -1).gather(
+        -1, both[..., None])[..., 0]
+    seq = token.sum(-1)  # No EOS or pad in these targets.
+    h = (seq[:b] - ref_y) - (seq[b:] - ref_yp)
+    loss = torch.mean((h - (label - 0.5) / TAU) ** 2)
+    loss.backward()
+    opt.step()
+    return loss
+
+  out["update"] = _timed(update, shape.repeats, sync)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------
+
+
+def _fmt(x, unit=""):
+  if x is None:
+    return "n/a"
+  for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(x) >= scale:
+      return f"{x / scale:.2f} {prefix}{unit}"
+  return f"{x:.3g} {unit}"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny shape only (a minute on a laptop CPU)")
+  parser.add_argument("--no-torch", action="store_true",
+                      help="skip the PyTorch columns")
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="timed calls after the first (default: 5 for tiny, "
+                      "2 for t5-small)")
+  parser.add_argument("--matmul-size", type=int, default=None,
+                      help="n of the n x n x n float32 matmul (default: "
+                      "2048 on CPU, 8192 on an accelerator)")
+  args = parser.parse_args(argv)
+
+  backend = jax.default_backend()
+  n = args.matmul_size or (2048 if backend == "cpu" else 8192)
+  peak = _matmul_flops_per_s(n)
+  print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} "
+        f"({backend}); float32 {n}^3 matmul: {_fmt(peak, 'FLOP/s')}")
+  shapes = SHAPES[:1] if args.quick else SHAPES
+  if args.repeats:
+    shapes = [dataclasses.replace(s, repeats=args.repeats) for s in shapes]
+  rows = []
+  for shape in shapes:
+    data = _pairs(np.random.default_rng(0), shape)
+    print(f"\n[{shape.name}] t5_1_1({shape.size!r}, vocab_size="
+          f"{shape.vocab_size}), {shape.prompts} prompts x 2 completions, "
+          f"input {shape.input_length}, {shape.new_tokens} new tokens",
+          flush=True)
+    j = bench_jax(shape, data)
+    print(f"  JAX update: {j['update_how']}", flush=True)
+    tc = None if args.no_torch else bench_torch(shape, data)
+    if tc:
+      print(f"  PyTorch on {tc['device']}", flush=True)
+    tokens = 2 * shape.prompts * shape.new_tokens
+    for key, label in (("sample_0.0", "sample beta=0 (tokens/s)"),
+                       (f"sample_{BETA}", f"sample beta={BETA} (tokens/s)")):
+      jt = tokens / j[key][1]
+      tt = tokens / tc[key][1] if tc else None
+      rows.append((shape.name, label, _fmt(jt), _fmt(tt),
+                   f"{jt / tt:.2f}x" if tt else "n/a",
+                   f"{j[key][0]:.1f} s"))
+    ju = j["update"][1]
+    tu = tc["update"][1] if tc else None
+    rows.append((shape.name, "update (ms/step)", f"{1e3 * ju:.1f}",
+                 f"{1e3 * tu:.1f}" if tu else "n/a",
+                 f"{tu / ju:.2f}x" if tu else "n/a",
+                 f"{j['update'][0]:.1f} s"))
+    flops = j["update_flops"]
+    if flops:
+      rows.append((shape.name, "update FLOP/s (XLA count)",
+                   _fmt(flops / ju), "", f"{flops / ju / peak:.1%} of matmul",
+                   _fmt(flops, "FLOP")))
+
+  header = ("shape", "metric", "ipo_md (JAX)", "HF PyTorch",
+            "JAX speed-up", "JAX 1st call")
+  widths = [max(len(str(r[i])) for r in rows + [header]) for i in
+            range(len(header))]
+  line = lambda r: " | ".join(str(c).ljust(w) for c, w in zip(r, widths))
+  print("\n" + line(header))
+  print("-+-".join("-" * w for w in widths))
+  for r in rows:
+    print(line(r))
+  print("\nSampling decodes every row to full length (EOS masked in both). "
+        "Times are medians of repeated calls after the first; the first "
+        "JAX call includes compilation.")
+
+
+if __name__ == "__main__":
+  main()

@@ -140,7 +140,8 @@ class Trainer:
     self._eval = self._build_eval(eval_inputs, eval_sampling, preference)
     self.log = metrics_log.MetricsLog(
         directory, name=name, total_steps=loop.num_steps,
-        rows_per_step=rows_per_step or data.batch_size)
+        rows_per_step=rows_per_step or data.batch_size,
+        enabled=jax.process_index() == 0)
 
   def _build_shardings(self):
     (self.abstract_state, self.state_shardings,
@@ -162,7 +163,10 @@ class Trainer:
                                   "number of evaluation prompts")
     fn = jax.jit(functools.partial(win_rate.evaluate, model=self.model,
                                    preference=preference, cfg=cfg))
-    inputs = self._place(eval_inputs)
+    # Every host holds all the prompts: place them as the global array, not
+    # as one host's slice (which would repeat them process_count times).
+    inputs = jax.make_array_from_process_local_data(
+        self.batch_sharding, eval_inputs, eval_inputs.shape)
     rng = jax.random.PRNGKey(self.loop.seed + 12345)
     return lambda params: fn(params, self.frozen, inputs, rng)
 

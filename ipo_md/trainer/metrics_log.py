@@ -15,10 +15,17 @@ _CONSOLE_KEYS = ("loss", "nll_per_token", "rewards/margin", "preference/mean",
 
 
 class MetricsLog:
-  """Writes each logged step to the console, metrics.jsonl and TensorBoard."""
+  """Writes each logged step to the console, metrics.jsonl and TensorBoard.
+
+  With `enabled=False` (every host but the first of a multi-host run, whose
+  metrics are the same global values) it writes nothing.
+  """
 
   def __init__(self, directory: pathlib.Path, *, name: str, total_steps: int,
-               rows_per_step: int, stream=sys.stdout):
+               rows_per_step: int, stream=sys.stdout, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
     self.directory = directory
     directory.mkdir(parents=True, exist_ok=True)
     self.name = name
@@ -30,6 +37,8 @@ class MetricsLog:
     self._last = None  # (time, step) of the previous console line.
 
   def write(self, step: int, metrics: dict, *, console: bool = True) -> None:
+    if not self.enabled:
+      return
     scalars = {k: float(v) for k, v in metrics.items()}
     now = time.time()
     if self._last is not None and step > self._last[1]:
@@ -57,6 +66,8 @@ class MetricsLog:
     print("  ".join(parts), file=self.stream, flush=True)
 
   def close(self):
+    if not self.enabled:
+      return
     self._jsonl.close()
     self._tb.flush()
     self._tb.close()

@@ -139,8 +139,9 @@ def _summary(directory, stages, results, seconds):
   for stage in stages:
     d = directory / stage.name
     last = results.get(stage.name, {})
-    shown = {k: round(v, 4) for k, v in last.items()
-             if k.startswith("eval/") and isinstance(v, float)}
+    # Evaluation metrics come back as numpy scalars, not Python floats.
+    shown = {k: round(float(v), 4) for k, v in last.items()
+             if k.startswith("eval/")}
     print(f"  {stage.name}: checkpoints {d / 'checkpoints'}\n"
           f"  {' ' * len(stage.name)}  metrics     {d / 'metrics.jsonl'}\n"
           f"  {' ' * len(stage.name)}  TensorBoard {d / 'tensorboard'}"

@@ -40,7 +40,8 @@ if [[ ! $num_processes =~ ^[1-9][0-9]*$ || ! $process_id =~ ^[0-9]+$ ]] ||
   exit 2
 fi
 if [[ $coordinator != *:* ]]; then
-  echo "gpu_multihost.sh: COORDINATOR_ADDRESS=${coordinator} must be host:port." >&2
+  echo "gpu_multihost.sh: COORDINATOR_ADDRESS=${coordinator} must be" \
+    "host:port." >&2
   exit 2
 fi
 

@@ -64,17 +64,20 @@ run() {  # Prints the command with PRINT_ONLY=1, else runs it.
 install_cmd="set -e; rm -rf ${remote_dir} && mkdir -p ${remote_dir}"
 install_cmd+=" && tar -xzf ~/ipo-md.tar.gz -C ${remote_dir} && cd ${remote_dir}"
 read -r -a pip_packages <<< "${PIP_PACKAGES:-jax[tpu]}"
-install_cmd+=" && python3 -m pip install -q -e . $(printf '%q ' "${pip_packages[@]}")"
+install_cmd+=" && python3 -m pip install -q -e ."
+install_cmd+=" $(printf '%q ' "${pip_packages[@]}")"
 if [[ -n ${SETUP_COMMAND:-} ]]; then install_cmd+=" && ${SETUP_COMMAND}"; fi
 train_cmd="cd ${remote_dir} && python3 -m ipo_md.cli.main train --multihost"
 train_cmd+=" $(printf '%q ' "--gin_file=${GIN_FILE:-ipo_md_tiny.gin}" \
   "--gin.MODEL_DIR=${model_dir}" "$@")"
 
-ensure_tpu() {  # With --preemptible: recreate a preempted or missing Spot slice.
+# With --preemptible: recreate a preempted or missing slice, as Spot.
+ensure_tpu() {
   [[ -n ${ACCELERATOR_TYPE:-} && -n ${RUNTIME_VERSION:-} ]] || return 0
   local state
   if [[ ${PRINT_ONLY:-0} == 1 ]]; then
-    run "${gcloud_tpu[@]}" describe "$tpu_name" "${where[@]}" --format='value(state)'
+    run "${gcloud_tpu[@]}" describe "$tpu_name" "${where[@]}" \
+      --format='value(state)'
     return 0
   fi
   state=$("${gcloud_tpu[@]}" describe "$tpu_name" "${where[@]}" \
@@ -85,7 +88,8 @@ ensure_tpu() {  # With --preemptible: recreate a preempted or missing Spot slice
     run "${gcloud_tpu[@]}" delete "$tpu_name" "${where[@]}" --quiet || return
   fi
   run "${gcloud_tpu[@]}" create "$tpu_name" "${where[@]}" \
-    "--accelerator-type=${ACCELERATOR_TYPE}" "--version=${RUNTIME_VERSION}" --spot
+    "--accelerator-type=${ACCELERATOR_TYPE}" "--version=${RUNTIME_VERSION}" \
+    --spot
 }
 
 # HEAD of this checkout is what the workers run (commit first: uncommitted
@@ -110,7 +114,9 @@ train() {  # Returns 0 when the run finished, 3 when it stopped to resume later.
     "--command=${train_cmd}" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
   set -e
-  if (( status == 0 )) && grep -q "rerun the same command to resume" "$log"; then
+  # The trainer exits 0 after a SIGTERM too, saying how to resume.
+  if (( status == 0 )) &&
+     grep -q "rerun the same command to resume" "$log"; then
     status=3
   fi
   rm -f "$log"

@@ -198,8 +198,9 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
   long_run = 1000
 
   # 1. SIGTERM once the IPO-MD stage has logged a step: it saves and exits 0.
+  steps_flag = f"--gin.ipo_md/loop.LoopConfig.num_steps={long_run}"
   with subprocess.Popen(
-      _train_cmd(model_dir, f"--gin.ipo_md/loop.LoopConfig.num_steps={long_run}"),
+      _train_cmd(model_dir, steps_flag),
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True) as proc:
     output = _Output(proc)

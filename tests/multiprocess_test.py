@@ -73,8 +73,10 @@ def _metrics(path) -> list[dict]:
 def test_two_processes_equal_one_process_with_the_same_global_batch(
     tmp_path, monkeypatch):
   # Imported here: a skipped test costs no TensorFlow import.
-  from ipo_md.cli import train as train_cli  # pylint: disable=g-import-not-at-top
-  from tests.testdata import multiprocess_train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from ipo_md.cli import train as train_cli
+  from tests.testdata import multiprocess_train
+  # pylint: enable=g-import-not-at-top
 
   port = _free_port()
   procs = [

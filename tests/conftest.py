@@ -6,6 +6,7 @@ conftest rather than in each test module.
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("PYTHONHASHSEED", "0")
@@ -17,6 +18,11 @@ jax.config.update("jax_platforms", "cpu")
 # CPU compile time dominates the tiny models of the test suite.
 jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Tests that build several Trainers compile identical programs; a per-session
+# compilation cache compiles each once.
+jax.config.update("jax_compilation_cache_dir",
+                  tempfile.mkdtemp(prefix="ipo_md_test_jax_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # Real data samples, used by tests that skip themselves when it is absent.
 SHARED_DATA = pathlib.Path(

@@ -28,9 +28,12 @@ from ipo_md.trainer import objectives
 from ipo_md.trainer import step as step_lib
 from ipo_md.trainer import train_state as train_state_lib
 
-CFG = config_lib.t5_1_1("tiny", vocab_size=64)
+# Smaller than "tiny": these tests compile whole train steps many times.
+CFG = config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8,
+                          mlp_dim=64, num_encoder_layers=1,
+                          num_decoder_layers=1)
 MODEL = network.Transformer(CFG)
-SAMPLING = sampling.SamplingConfig(max_decode_length=12)
+SAMPLING = sampling.SamplingConfig(max_decode_length=8)
 
 
 def _objective(beta=0.3, tau=0.5):
@@ -83,10 +86,11 @@ def test_loss_is_ipo_on_policy_vs_reference_log_ratios():
   obj = _objective(beta=0.5, tau=0.25)
   policy, ref = _params(0), _params(1)
   inputs = jnp.asarray(_prompts())
-  prepared, _ = obj.prepare(policy, {"ref": ref}, {"inputs": inputs},
-                            jax.random.PRNGKey(3))
-  loss, _ = obj.loss(policy, {"ref": ref}, prepared, None)
-  score = lambda p, y: scoring.score_targets(MODEL, p, inputs, y).sequence
+  prepared, _ = jax.jit(obj.prepare)(policy, {"ref": ref}, {"inputs": inputs},
+                                     jax.random.PRNGKey(3))
+  loss, _ = jax.jit(obj.loss)(policy, {"ref": ref}, prepared, None)
+  score = jax.jit(
+      lambda p, y: scoring.score_targets(MODEL, p, inputs, y).sequence)
   y, yp = prepared["y"], prepared["yp"]
   h = (score(policy, y) - score(ref, y)) - (score(policy, yp) - score(ref, yp))
   p = oracle.FactsOracle()(None, inputs, y, yp)
@@ -227,8 +231,10 @@ def test_microbatch_accumulation_equals_full_batch():
            "targets": np.tile(encode([examples[0]["targets"]], 32), (8, 1))}
   params = _params(0)
   rng = jax.random.PRNGKey(0)
-  full, m_full = step_lib.compute_grads(sft, params, {}, batch, rng, 1)
-  micro, m_micro = step_lib.compute_grads(sft, params, {}, batch, rng, 4)
+  grads = jax.jit(functools.partial(step_lib.compute_grads, sft),
+                  static_argnums=(4,))
+  full, m_full = grads(params, {}, batch, rng, 1)
+  micro, m_micro = grads(params, {}, batch, rng, 4)
   np.testing.assert_allclose(float(m_micro["loss"]), float(m_full["loss"]),
                              rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(micro),

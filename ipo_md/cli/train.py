@@ -135,7 +135,9 @@ def _describe(model_config, stages, mesh, directory):
 
 
 def _summary(directory, stages, results, seconds):
-  print(f"\nFinished in {seconds:.0f}s. Outputs in {directory}:")
+  stopped = [n for n, r in results.items() if r.get("stopped_by")]
+  verb = f"Stopped ({stopped[0]} interrupted)" if stopped else "Finished"
+  print(f"\n{verb} after {seconds:.0f}s. Outputs in {directory}:")
   for stage in stages:
     d = directory / stage.name
     last = results.get(stage.name, {})

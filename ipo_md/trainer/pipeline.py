@@ -74,6 +74,7 @@ def _final_params(trainer: loop_lib.Trainer, num_steps: int):
   """The params of a finished stage, or None if it has not finished."""
   if trainer.checkpointer.latest_step() != num_steps:
     return None
+  trainer._check_same_model(num_steps)  # pylint: disable=protected-access
   state, _ = trainer.checkpointer.restore(num_steps, trainer.abstract_state)
   return state.params
 

@@ -7,9 +7,9 @@ The processes run tests/testdata/multiprocess_train.py, which is the
 parameters. The reference is the same command in this process, on conftest's
 8 fake devices, run while the two processes compile.
 
-It costs about 95 s of CPU (three JAX programs compiled, two processes
-importing TensorFlow), over the default suite's budget on 2 cores, so it
-runs on request:
+The parity test costs about 95 s of CPU (three JAX programs compiled, two
+processes importing TensorFlow), over the default suite's budget on 2 cores,
+so it runs on request (the SIGTERM test below is cheaper and always runs):
 
     IPO_MD_MULTIPROCESS_TEST=1 python -m pytest tests/multiprocess_test.py
 """
@@ -144,3 +144,44 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(
                                    err_msg=f"step {want['step']} {key}")
   assert "[sft] step" in outputs[0] and "[sft] step" not in outputs[1]
   assert (tmp_path / "run" / "sft" / "checkpoints" / str(NUM_STEPS)).is_dir()
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
+  """A preempted host's signal is agreed by all hosts: both stop after the
+  same step and write one checkpoint there together, each exiting 0.
+  (About 30 s: one small program, so it runs in the default suite.)"""
+  port = _free_port()
+  long_run = 1000
+  flags = ("--multihost", f"--gin.sft/loop.LoopConfig.num_steps={long_run}",
+           "--gin.sft/loop.LoopConfig.log_every=1",
+           "--gin.sft/loop.LoopConfig.eval_every=0")
+  procs = [
+      _start(tmp_path / "rec", tmp_path / "run",
+             _env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)), *flags)
+      for i in (0, 1)]
+  seen = []
+  try:
+    for line in procs[0].stdout:  # Only process 0 prints the step lines.
+      seen.append(line)
+      if line.startswith("[sft] step") and " 0/" not in line:
+        break
+    procs[1].send_signal(15)  # SIGTERM to the other host only.
+    rest = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+  out0, out1 = "".join(seen) + rest[0], rest[1]
+  assert procs[0].returncode == 0, out0[-4000:]
+  assert procs[1].returncode == 0, out1[-4000:]
+  steps = sorted(int(p.name) for p in
+                 (tmp_path / "run" / "sft" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert len(steps) == 1 and 0 < steps[0] < long_run, steps
+  stopped = steps[0]
+  assert (f"[sft] a signal on another host received: saved step {stopped}"
+          in out0), out0[-4000:]
+  assert f"[sft] SIGTERM received: saved step {stopped}" in out1, out1[-4000:]

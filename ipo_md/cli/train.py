@@ -10,6 +10,7 @@ import gin.
 import argparse
 import os
 import pathlib
+import socket
 import sys
 import time
 from typing import Any
@@ -92,7 +93,8 @@ def _check_model_dir(model_dir: str) -> pathlib.Path:
   directory = pathlib.Path(model_dir).expanduser().absolute()
   try:
     directory.mkdir(parents=True, exist_ok=True)
-    probe = directory / ".write_test"
+    # Unique per process: every host of a pod probes the same shared folder.
+    probe = directory / f".write_test.{socket.gethostname()}.{os.getpid()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:

@@ -227,7 +227,7 @@ class Trainer:
       self.log.write(0, last)
     pending = None
     with _StopFlag() as stop:
-      while step < self.loop.num_steps and stop.signal is None:
+      while step < self.loop.num_steps and not self._stop_agreed(stop):
         batch = jax.tree_util.tree_map(self._place, next(it))
         state, metrics = self._step_fn(state, batch, self.frozen)
         step += 1
@@ -245,12 +245,27 @@ class Trainer:
         last = self._write(*pending)
       self._save(state, it.position)
       self.checkpointer.wait()
-      last["stopped_by"] = stop.signal
-    if stop.signal is not None:
-      print(f"[{self.name}] {stop.signal} received: saved step {step} to "
+      if step < self.loop.num_steps:
+        last["stopped_by"] = stop.signal or "a signal on another host"
+    if last.get("stopped_by"):
+      print(f"[{self.name}] {last['stopped_by']} received: saved step {step} to "
             f"{self.checkpointer.directory}; rerun the same command to resume.",
             flush=True)
     return state, last
+
+  @staticmethod
+  def _stop_agreed(stop: _StopFlag) -> bool:
+    """Whether to stop now. On several hosts every host must stop at the same
+    step (the final save is collective), so the hosts agree on it: a signal
+    on any host stops them all after the same step. The check is one tiny
+    all-gather per step, only when there is more than one process."""
+    local = stop.signal is not None
+    if jax.process_count() == 1:
+      return local
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    flags = multihost_utils.process_allgather(np.asarray(local, np.int32))
+    return bool(np.max(flags))
 
   def _due(self, step, every):
     return every > 0 and (step % every == 0 or step == self.loop.num_steps)

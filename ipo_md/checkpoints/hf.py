@@ -32,15 +32,16 @@ unscaled head becomes an untied copy of the embedding.
 
 import dataclasses
 import os
-import pathlib
 from typing import Any, Mapping
 
+from etils import epath
 import flax.core.meta
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ipo_md.checkpoints import hf_files
+from ipo_md.checkpoints import paths
 from ipo_md.checkpoints import t5_layout
 from ipo_md.model import config as config_lib
 
@@ -70,8 +71,8 @@ _HF_ATTENTION = {"query": "q", "key": "k", "value": "v", "out": "o"}
 
 
 def read_hf_config(directory: str | os.PathLike) -> dict[str, Any]:
-  path = pathlib.Path(directory) / CONFIG_FILE
-  return t5_layout.read_json(str(path), what="Hugging Face config.json")
+  path = paths.as_path(directory) / CONFIG_FILE
+  return t5_layout.read_json(path, what="Hugging Face config.json")
 
 
 def scale_decoder_outputs(hf_config: Mapping[str, Any]) -> bool:
@@ -264,7 +265,7 @@ def _output_head(src: hf_files.WeightSource, hf_config: Mapping[str, Any]
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
-  path = pathlib.Path(path)
+  path = paths.as_path(path)
   if not (path / CONFIG_FILE).is_file():
     return False
   try:
@@ -274,8 +275,8 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
 
 
 def _hf_folder(directory: str | os.PathLike
-               ) -> tuple[pathlib.Path, dict[str, Any]]:
-  directory = pathlib.Path(directory)
+               ) -> tuple[epath.Path, dict[str, Any]]:
+  directory = paths.as_path(directory)
   if not directory.is_dir():
     raise FileNotFoundError(f"Hugging Face checkpoint {directory} does not "
                             "exist or is not a folder.")
@@ -284,7 +285,7 @@ def _hf_folder(directory: str | os.PathLike
   return directory, hf_config
 
 
-def _configure(directory: pathlib.Path, hf_config: Mapping[str, Any],
+def _configure(directory: epath.Path, hf_config: Mapping[str, Any],
                src: hf_files.WeightSource, param_dtype: str
                ) -> tuple[config_lib.T5Config, _Head]:
   """The T5Config and output-layer rule, with every tensor name and shape
@@ -371,8 +372,8 @@ def export_hf(params: Any, config: config_lib.T5Config,
     return np.ascontiguousarray(array.T if transposed else array,
                                 dtype=np_dtype)
 
-  directory = pathlib.Path(directory)
+  directory = paths.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   hf_files.write_safetensors(directory / hf_files.SAFETENSORS, specs, produce,
                              metadata={"format": "pt"})
-  t5_layout.write_json(str(directory / CONFIG_FILE), hf_config)
+  t5_layout.write_json(directory / CONFIG_FILE, hf_config)

@@ -22,18 +22,19 @@ target sharding and dtype (optimizer state is never read).
 """
 
 import os
-import pathlib
 from typing import Any
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from ipo_md.checkpoints import paths
 from ipo_md.checkpoints import t5_layout
 
 Shape = tuple[int, ...]
 
 
-def _metadata_tree(path: pathlib.Path) -> Any:
+def _metadata_tree(path: epath.Path) -> Any:
   # The handler, not a Checkpointer: item folders (a train step's `state/`)
   # have no checkpoint-level metadata file to look for.
   metadata = ocp.PyTreeCheckpointHandler().metadata(path)
@@ -43,7 +44,7 @@ def _metadata_tree(path: pathlib.Path) -> Any:
 def subtree_shapes(path: str | os.PathLike, subtree: str | None
                    ) -> dict[str, Shape]:
   """'/'-joined path -> shape of every array under `tree[subtree]` (or all)."""
-  path = pathlib.Path(path)
+  path = paths.as_path(path)
   tree = _metadata_tree(path)
   if subtree is not None:
     if not isinstance(tree, dict) or subtree not in tree:
@@ -81,7 +82,7 @@ def restore_subtree(path: str | os.PathLike, shapes: dict[str, Shape], dtype,
       lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
                                      dtype=s.dtype), target)
   restored = ocp.PyTreeCheckpointer().restore(
-      pathlib.Path(path), args=ocp.args.PyTreeRestore(
+      paths.as_path(path), args=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args,
           partial_restore=subtree is not None))
   return restored if subtree is None else restored[subtree]

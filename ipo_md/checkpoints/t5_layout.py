@@ -25,13 +25,13 @@ Paths are '/'-joined, e.g. `encoder/layers_0/attention/query/kernel`.
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 
+from ipo_md.checkpoints import paths
 from ipo_md.model import config as config_lib
 
 Shape = tuple[int, ...]
@@ -215,20 +215,13 @@ def config_from_dict(data: Mapping[str, Any], *, source: str
     raise ValueError(f"{source}: incomplete T5Config: {e}.") from e
 
 
-def write_json(path: str, data: Mapping[str, Any]) -> None:
-  """Writes JSON atomically (a temporary file, then a rename)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
+  """Writes JSON atomically, locally or on a bucket (see `paths`)."""
+  paths.write_json(path, data)
 
 
-def read_json(path: str, *, what: str) -> dict[str, Any]:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No {what} at {path}.")
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON: {e}.") from e
+def read_json(path: str | os.PathLike, *, what: str) -> dict[str, Any]:
+  data = paths.read_json(path, what=what)
+  if not isinstance(data, dict):
+    raise ValueError(f"{path} ({what}) is not a JSON object.")
+  return data

@@ -35,16 +35,17 @@ by them except the activation of a gated MLP (assumed gated-GELU, T5 v1.1; pass
 
 import copy
 import os
-import pathlib
 import re
 from typing import Any, Callable, Mapping
 
+from etils import epath
 from flax import serialization
 import ml_dtypes
 import numpy as np
 import tensorstore as ts
 
 from ipo_md.checkpoints import orbax_tree
+from ipo_md.checkpoints import paths
 from ipo_md.checkpoints import t5_layout
 from ipo_md.model import config as config_lib
 
@@ -56,15 +57,15 @@ _STEP_DIR = re.compile(r"checkpoint_(\d+)")
 _PLACEHOLDER = "PLACEHOLDER://"
 
 
-def _is_step_dir(path: pathlib.Path) -> bool:
+def _is_step_dir(path: epath.Path) -> bool:
   return (path / ORBAX_FILE).is_file() or (path / LEGACY_FILE).is_file()
 
 
 def find_checkpoint_dir(path: str | os.PathLike, step: int | None = None
-                        ) -> pathlib.Path:
+                        ) -> epath.Path:
   """`path` itself if it is one checkpoint, else its `checkpoint_<step>`
   (the latest unless `step`)."""
-  path = pathlib.Path(path)
+  path = paths.as_path(path)
   if _is_step_dir(path) and step is None:
     return path
   steps = {}
@@ -111,22 +112,31 @@ def _flatten_target(tree: Mapping[str, Any], prefix: str = ""
   return flat
 
 
-def _local_spec(spec: Mapping[str, Any], ckpt_dir: pathlib.Path
+def kvstore_spec(path: epath.Path) -> dict[str, Any]:
+  """The TensorStore kvstore of `path` (local or `gs://`)."""
+  if paths.is_local(path):
+    return {"driver": "file", "path": os.fspath(path)}
+  if paths.scheme(path) == "gs":
+    bucket, _, key = os.fspath(path)[len("gs://"):].partition("/")
+    return {"driver": "gcs", "bucket": bucket, "path": key}
+  raise ValueError(
+      f"Cannot read the TensorStore arrays of the legacy T5X checkpoint "
+      f"{path}: TensorStore reads local paths and gs://, not "
+      f"{paths.scheme(path)}://. Copy the checkpoint to a local folder.")
+
+
+def _local_spec(spec: Mapping[str, Any], ckpt_dir: epath.Path
                 ) -> dict[str, Any]:
-  """A T5X spec with its relative path made absolute and any GCS kvstore
-  turned into a local file one (the checkpoint was copied locally)."""
+  """A T5X spec with its relative path resolved under `ckpt_dir`, where the
+  checkpoint is now (wherever T5X wrote it, e.g. another bucket)."""
   spec = copy.deepcopy(dict(spec))
-  if "kvstore" in spec:
-    kvstore = spec["kvstore"]
-    spec["kvstore"] = {"driver": "file",
-                       "path": str(ckpt_dir / kvstore["path"])}
-  else:  # tensorstore < 0.1.14 put the path at the top level.
-    spec["kvstore"] = {"driver": "file",
-                       "path": str(ckpt_dir / spec.pop("path"))}
+  relative = (spec.pop("kvstore")["path"] if "kvstore" in spec
+              else spec.pop("path"))  # tensorstore < 0.1.14: top level.
+  spec["kvstore"] = kvstore_spec(ckpt_dir / relative)
   return spec
 
 
-def _legacy_leaf(value: Any, path: str, ckpt_dir: pathlib.Path, version: int
+def _legacy_leaf(value: Any, path: str, ckpt_dir: epath.Path, version: int
                  ) -> tuple[Shape, Callable[[], np.ndarray]]:
   """(shape, reader) of one leaf of a legacy T5X msgpack target tree."""
   if isinstance(value, str) and value.startswith(_PLACEHOLDER):
@@ -146,7 +156,7 @@ def _legacy_leaf(value: Any, path: str, ckpt_dir: pathlib.Path, version: int
   return array.shape, lambda: array
 
 
-def _legacy_target(ckpt_dir: pathlib.Path
+def _legacy_target(ckpt_dir: epath.Path
                    ) -> dict[str, tuple[Shape, Callable[[], np.ndarray]]]:
   state = serialization.msgpack_restore((ckpt_dir / LEGACY_FILE).read_bytes())
   version = int(state.get("version", 0)) if isinstance(state, dict) else 0
@@ -204,7 +214,7 @@ def infer_config(shapes: Mapping[str, Shape], *,
       relative_attention_num_buckets=buckets, param_dtype=param_dtype)
 
 
-def _target_shapes(ckpt_dir: pathlib.Path) -> tuple[dict[str, Shape], Any]:
+def _target_shapes(ckpt_dir: epath.Path) -> tuple[dict[str, Shape], Any]:
   """Shapes of the `target` tree, and the legacy leaf readers (None for an
   Orbax checkpoint, which is restored as a whole)."""
   if (ckpt_dir / ORBAX_FILE).is_file():

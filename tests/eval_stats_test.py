@@ -140,6 +140,13 @@ class BradleyTerryTest(absltest.TestCase):
     centred = s - s.mean()
     self.assertTrue(np.all(low <= centred) and np.all(centred <= high))
 
+  def test_batch_equals_one_by_one(self):
+    p = _simulate(np.random.default_rng(5), STRENGTHS, 20, "bernoulli")
+    boot = stats.pairwise_summary(p, num_samples=30).boot
+    batched = stats.bradley_terry(boot)
+    single = np.stack([stats.bradley_terry(b) for b in boot])
+    np.testing.assert_allclose(batched, single, atol=1e-9)
+
   def test_rejects_values_outside_unit_interval(self):
     with self.assertRaisesRegex(ValueError, "outside \\[0, 1\\]"):
       stats.bradley_terry(np.array([[0.5, 1.5], [-0.5, 0.5]]))

@@ -27,9 +27,9 @@ them apart by their files, and places every tensor directly in its sharding.
 """
 
 import os
-import pathlib
 from typing import Any
 
+from etils import epath
 import flax.core.meta
 import jax
 import numpy as np
@@ -37,8 +37,10 @@ import orbax.checkpoint as ocp
 
 from ipo_md.checkpoints import hf
 from ipo_md.checkpoints import orbax_tree
+from ipo_md.checkpoints import paths
 from ipo_md.checkpoints import t5_layout
 from ipo_md.checkpoints import t5x_import
+from ipo_md.checkpoints import verify
 from ipo_md.model import config as config_lib
 
 CONFIG_FILE = "config.json"
@@ -57,7 +59,7 @@ def save_params(directory: str | os.PathLike, params: Any,
     ValueError: the params do not match the config, or `directory` exists and
       is not empty.
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = paths.as_path(directory)
   params = flax.core.meta.unbox(params)
   flat = t5_layout.flatten(params)
   t5_layout.check_shapes({k: np.shape(v) for k, v in flat.items()}, config,
@@ -71,19 +73,19 @@ def save_params(directory: str | os.PathLike, params: Any,
     checkpointer.save(directory / PARAMS_ITEM, params)
     checkpointer.wait_until_finished()
   # config.json last: its presence marks a complete checkpoint.
-  t5_layout.write_json(str(directory / CONFIG_FILE),
+  t5_layout.write_json(directory / CONFIG_FILE,
                        t5_layout.config_to_dict(config))
 
 
 def load_config(directory: str | os.PathLike) -> config_lib.T5Config:
   """The T5Config of a params checkpoint directory."""
-  path = pathlib.Path(directory) / CONFIG_FILE
-  data = t5_layout.read_json(str(path), what="params-checkpoint config")
+  path = paths.as_path(directory) / CONFIG_FILE
+  data = t5_layout.read_json(path, what="params-checkpoint config")
   return t5_layout.config_from_dict(data, source=str(path))
 
 
 def is_params_dir(path: str | os.PathLike) -> bool:
-  path = pathlib.Path(path)
+  path = paths.as_path(path)
   return (path / CONFIG_FILE).is_file() and (path / PARAMS_ITEM).is_dir()
 
 
@@ -101,7 +103,7 @@ def load_params(directory: str | os.PathLike, *, shardings: Any = None
   Returns:
     (params, config).
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = paths.as_path(directory)
   if not is_params_dir(directory):
     raise FileNotFoundError(
         f"{directory} is not a params checkpoint: expected {CONFIG_FILE} and "
@@ -113,7 +115,7 @@ def load_params(directory: str | os.PathLike, *, shardings: Any = None
   return params, config
 
 
-def _restore_tree(path: pathlib.Path, config: config_lib.T5Config,
+def _restore_tree(path: epath.Path, config: config_lib.T5Config,
                   shardings: Any, *, subtree: str | None) -> dict:
   """Restores the params (or `tree[subtree]`) of an Orbax PyTree checkpoint,
   checked against the config before any tensor is read."""
@@ -123,16 +125,20 @@ def _restore_tree(path: pathlib.Path, config: config_lib.T5Config,
                                     shardings, subtree)
 
 
-def _train_step_dir(path: pathlib.Path, step: int | None) -> pathlib.Path:
+def _train_step_dir(path: epath.Path, step: int | None) -> epath.Path:
   """The <step> folder of a training run, from a stage, its checkpoints/
-  folder or the step folder itself (the latest step unless `step`)."""
+  folder or the step folder itself (the latest step unless `step`). Once a
+  run seals its checkpoints (ipo_md.checkpoints.verify), only sealed steps
+  count: an unsealed one is an unfinished save."""
   if (path / TRAIN_STATE_ITEM).is_dir():
     return path
   if (path / TRAIN_CHECKPOINTS).is_dir():
     path = path / TRAIN_CHECKPOINTS
-  steps = sorted(int(p.name) for p in path.iterdir()
-                 if p.name.isdigit() and (p / TRAIN_STATE_ITEM).is_dir()
-                 ) if path.is_dir() else []
+  found = [p for p in path.iterdir()
+           if p.name.isdigit() and (p / TRAIN_STATE_ITEM).is_dir()
+           ] if path.is_dir() else []
+  sealed = [p for p in found if verify.has_manifest(p)]
+  steps = sorted(int(p.name) for p in (sealed or found))
   if not steps:
     children = path.iterdir() if path.is_dir() else ()
     stages = sorted(p.name for p in children
@@ -151,16 +157,32 @@ def _train_step_dir(path: pathlib.Path, step: int | None) -> pathlib.Path:
 
 def is_train_dir(path: str | os.PathLike) -> bool:
   try:
-    _train_step_dir(pathlib.Path(path), None)
+    _train_step_dir(paths.as_path(path), None)
   except (FileNotFoundError, OSError):
     return False
   return True
 
 
+def _verified_step_dir(path: str | os.PathLike, step: int | None
+                       ) -> epath.Path:
+  """`_train_step_dir`, checked against its manifest when it has one
+  (presence and size of every file, which catches truncation and missing
+  files without reading the whole optimizer state back)."""
+  step_dir = _train_step_dir(paths.as_path(path), step)
+  if verify.has_manifest(step_dir):
+    damage = verify.check(step_dir, contents=False)
+    if damage is not None:
+      raise ValueError(
+          f"Training checkpoint {damage.line()}. Pass an older step folder "
+          f"({step_dir.parent}/<step>) explicitly, or rerun that stage so it "
+          "rewrites its checkpoint.")
+  return step_dir
+
+
 def load_train_config(path: str | os.PathLike, *, step: int | None = None
                       ) -> config_lib.T5Config:
   """The model config of a training checkpoint (its step's `meta` JSON)."""
-  step_dir = _train_step_dir(pathlib.Path(path).absolute(), step)
+  step_dir = _verified_step_dir(path, step)
   meta_dir = step_dir / TRAIN_META_ITEM
   if not meta_dir.is_dir():
     raise FileNotFoundError(
@@ -185,14 +207,14 @@ def load_train_params(path: str | os.PathLike, *, step: int | None = None,
   Returns:
     (params, config); the config comes from the step's `meta` JSON.
   """
-  step_dir = _train_step_dir(pathlib.Path(path).absolute(), step)
+  step_dir = _verified_step_dir(path, step)
   config = load_train_config(step_dir)
   params = _restore_tree(step_dir / TRAIN_STATE_ITEM, config, shardings,
                          subtree="params")
   return params, config
 
 
-def _loader(path: pathlib.Path, shardings: Any, param_dtype: str,
+def _loader(path: epath.Path, shardings: Any, param_dtype: str,
             expected: config_lib.T5Config | None):
   """(config, load) for the checkpoint kind at `path`; `load()` returns
   (params, config). Only config files and tensor shapes are read here."""
@@ -247,7 +269,7 @@ def load_initial_params(path: str | os.PathLike, *, shardings: Any = None,
     (params, config): config is the checkpoint's (with the expected
     param_dtype when `expected_config` is given).
   """
-  path = pathlib.Path(path)
+  path = paths.as_path(path)
   if not path.is_dir():
     raise FileNotFoundError(f"Initial checkpoint {path} is not a directory.")
   param_dtype = "float32" if expected_config is None else (

@@ -466,3 +466,81 @@ def hard_labels(
         pref_B > 0.5, 1.0, jnp.where(pref_B < 0.5, 0.0, 0.5)
     ).astype(pref_B.dtype)
   raise ValueError(f"mode={mode!r} is not one of {LABEL_MODES}.")
+
+
+def preference_model_loss(
+    logit_B: jax.typing.ArrayLike, label_B: jax.typing.ArrayLike
+) -> tuple[jax.Array, Metrics]:
+  """Cross-entropy of a pairwise preference model on (soft) human labels.
+
+    loss = -q log sigma(s) - (1 - q) log sigma(-s)
+
+  where s is the model's logit of p(y > y'|x) and q the label (1.0 for a
+  (chosen, rejected) pair; a probability where the data gives soft labels).
+  No Bradley-Terry assumption: the model reads both responses
+  (arXiv 2312.00886 App. G.1).
+
+  Args:
+    logit_B: [batch] logits of p(y > y').
+    label_B: [batch] labels q in [0, 1].
+
+  Returns:
+    (loss_B [batch], metrics) with `loss`, `pm/accuracy` (the label-weighted
+    fraction the model gets right: q 1[s > 0] + (1 - q) 1[s < 0], ties 1/2)
+    and `pm/mean_p` (mean sigma(s)).
+  """
+  _check_same_shape(1, logit_B=logit_B, label_B=label_B)
+  s_B, q_B = _as_float(logit_B), _as_float(label_B)
+  loss_B = -q_B * jax.nn.log_sigmoid(s_B) - (1 - q_B) * jax.nn.log_sigmoid(
+      -s_B)
+  correct_B = q_B * (s_B > 0) + (1 - q_B) * (s_B < 0) + 0.5 * (s_B == 0)
+  return loss_B, {
+      "loss": jnp.mean(loss_B),
+      "pm/accuracy": jnp.mean(correct_B),
+      "pm/mean_p": jnp.mean(jax.nn.sigmoid(s_B)),
+  }
+
+
+def bradley_terry_loss(
+    reward_y_B: jax.typing.ArrayLike,
+    reward_yp_B: jax.typing.ArrayLike,
+    label_B: jax.typing.ArrayLike,
+    *,
+    margin: float = 0.0,
+) -> tuple[jax.Array, Metrics]:
+  """Bradley-Terry loss of a reward model, with an optional margin.
+
+    d = r(y) - r(y')
+    loss = -q log sigma(d - margin) - (1 - q) log sigma(-d - margin)
+
+  With q = 1 (y the human-chosen response) this is the usual reward-model
+  loss -log sigma(r_chosen - r_rejected - margin) (Stiennon et al. 2020; the
+  margin as in Llama 2's reward model); soft labels q weight both orderings.
+
+  Args:
+    reward_y_B: [batch] r(x, y).
+    reward_yp_B: [batch] r(x, y').
+    label_B: [batch] q = p(y > y') in [0, 1].
+    margin: >= 0, how much the preferred reward must exceed the other.
+
+  Returns:
+    (loss_B [batch], metrics) with `loss`, `rm/accuracy` (label-weighted,
+    ties 1/2) and `rm/margin` (mean d).
+  """
+  _check_same_shape(1, reward_y_B=reward_y_B, reward_yp_B=reward_yp_B,
+                    label_B=label_B)
+  if (isinstance(margin, bool) or not isinstance(margin, numbers.Real)
+      or not 0.0 <= float(margin) < float("inf")):
+    raise ValueError(
+        f"margin={margin!r} must be a finite float >= 0 (0 = the plain "
+        "Bradley-Terry loss).")
+  r_y, r_yp, q_B = (_as_float(a) for a in (reward_y_B, reward_yp_B, label_B))
+  d_B = r_y - r_yp
+  loss_B = -q_B * jax.nn.log_sigmoid(d_B - margin) - (
+      1 - q_B) * jax.nn.log_sigmoid(-d_B - margin)
+  correct_B = q_B * (d_B > 0) + (1 - q_B) * (d_B < 0) + 0.5 * (d_B == 0)
+  return loss_B, {
+      "loss": jnp.mean(loss_B),
+      "rm/accuracy": jnp.mean(correct_B),
+      "rm/margin": jnp.mean(d_B),
+  }

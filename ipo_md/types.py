@@ -26,3 +26,22 @@ class SequenceLogProbs:
   sequence: jax.Array
   token: jax.Array
   mask: jax.Array
+
+
+@flax.struct.dataclass
+class Frozen:
+  """The frozen (never trained) parameter trees a stage reads, by role.
+
+  A field is None when the stage does not read that role. Frozen trees are
+  passed to the train step as their own argument, never inside the optimizer
+  state, and no gradient flows into them.
+
+  Attributes:
+    reference: the reference policy pi_ref (the SFT model in the paper).
+    preference: a pairwise preference model p(y > y' | x).
+    reward: a Bradley-Terry reward model r(x, y).
+  """
+
+  reference: PyTree = None
+  preference: PyTree = None
+  reward: PyTree = None

@@ -1,11 +1,9 @@
 """The train step and the Trainer: policy moves, reference frozen, sharding
 parity on fake devices, exact resume, and errors before long work."""
 
-import dataclasses
 import functools
 import pathlib
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +14,7 @@ from ipo_md import checkpoints
 from ipo_md import losses
 from ipo_md import optim
 from ipo_md import partitioning
+from ipo_md import types
 from ipo_md.data import pipeline as data_pipeline
 from ipo_md.data import synthetic
 from ipo_md.decoding import sampling
@@ -24,6 +23,7 @@ from ipo_md.model import network
 from ipo_md.model import scoring
 from ipo_md.preference import oracle
 from ipo_md.trainer import loop as loop_lib
+from ipo_md.trainer import models as models_lib
 from ipo_md.trainer import objectives
 from ipo_md.trainer import step as step_lib
 from ipo_md.trainer import train_state as train_state_lib
@@ -33,12 +33,14 @@ CFG = config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8,
                           mlp_dim=64, num_encoder_layers=1,
                           num_decoder_layers=1)
 MODEL = network.Transformer(CFG)
+MODELS = models_lib.Models(policy=MODEL, reference=MODEL)
 SAMPLING = sampling.SamplingConfig(max_decode_length=8)
 
 
-def _objective(beta=0.3, tau=0.5):
+def _objective(beta=0.3, tau=0.5, model=MODEL):
   return objectives.OnlinePairwise(
-      model=MODEL, loss_fn=functools.partial(losses.ipo_loss, tau=tau),
+      models=models_lib.Models(policy=model, reference=model),
+      loss_fn=functools.partial(losses.ipo_loss, tau=tau),
       preference=oracle.FactsOracle(), sampling=SAMPLING, beta=beta)
 
 
@@ -70,7 +72,8 @@ def test_policy_changes_and_reference_stays_bit_identical():
   before = jax.tree_util.tree_map(np.array, state.params)
   step = jax.jit(functools.partial(step_lib.train_step, objective=_objective(),
                                    tx=tx, schedule=schedule))
-  new_state, metrics = step(state, {"inputs": _prompts()}, {"ref": ref})
+  new_state, metrics = step(state, {"inputs": _prompts()},
+                            types.Frozen(reference=ref))
   assert int(new_state.step) == 1
   assert np.isfinite(float(metrics["loss"]))
   changed = [not np.array_equal(a, b) for a, b in zip(
@@ -86,9 +89,10 @@ def test_loss_is_ipo_on_policy_vs_reference_log_ratios():
   obj = _objective(beta=0.5, tau=0.25)
   policy, ref = _params(0), _params(1)
   inputs = jnp.asarray(_prompts())
-  prepared, _ = jax.jit(obj.prepare)(policy, {"ref": ref}, {"inputs": inputs},
+  frozen = types.Frozen(reference=ref)
+  prepared, _ = jax.jit(obj.prepare)(policy, frozen, {"inputs": inputs},
                                      jax.random.PRNGKey(3))
-  loss, _ = jax.jit(obj.loss)(policy, {"ref": ref}, prepared, None)
+  loss, _ = jax.jit(obj.loss)(policy, frozen, prepared, None)
   score = jax.jit(
       lambda p, y: scoring.score_targets(MODEL, p, inputs, y).sequence)
   y, yp = prepared["y"], prepared["yp"]
@@ -101,29 +105,22 @@ def test_loss_is_ipo_on_policy_vs_reference_log_ratios():
 
 def _run_on_mesh(mesh, steps=3):
   tx, schedule = _tx()
-  boxed = scoring.abstract_params(MODEL)
-  p_shard = partitioning.param_shardings(boxed, mesh)
-  abstract = nn.unbox(boxed)
-  abstract_state = jax.eval_shape(lambda p: train_state_lib.create(p, tx, 0),
-                                  abstract)
+  _, state_shard, p_shard = loop_lib.abstract_train_state(MODEL, tx, mesh)
   rep = partitioning.replicated(mesh)
-  state_shard = train_state_lib.TrainState(
-      step=rep, params=p_shard, rng=rep,
-      opt_state=partitioning.like_params_shardings(
-          abstract_state.opt_state, p_shard, abstract, mesh))
   state = jax.jit(lambda: train_state_lib.create(_params(0), tx, 0),
                   out_shardings=state_shard)()
-  ref = jax.device_put(_params(1), p_shard)
+  ref = types.Frozen(reference=jax.device_put(_params(1), p_shard))
   batch_shard = partitioning.batch_sharding(mesh)
   step = jax.jit(functools.partial(step_lib.train_step,
                                    objective=_objective(), tx=tx,
                                    schedule=schedule),
-                 in_shardings=(state_shard, batch_shard, {"ref": p_shard}),
+                 in_shardings=(state_shard, batch_shard,
+                               types.Frozen(reference=p_shard)),
                  out_shardings=(state_shard, rep), donate_argnums=(0,))
   batch = {"inputs": jax.device_put(_prompts(8), batch_shard)}
   losses_ = []
   for _ in range(steps):
-    state, metrics = step(state, batch, {"ref": ref})
+    state, metrics = step(state, batch, ref)
     losses_.append(float(metrics["loss"]))
   return jax.device_get(state.params), losses_, state
 
@@ -161,14 +158,16 @@ def _trainer(directory, num_steps, *, mesh=None, model=MODEL, batch_size=8,
                                   batch_size=batch_size,
                                   feature_lengths={"inputs": 64}, seed=3)
   ref = scoring.init_params(model, jax.random.PRNGKey(1))
+  _, p_shard = models_lib.param_shardings(model.config, mesh)
   return loop_lib.Trainer(
-      name="test", model=model,
-      objective=dataclasses.replace(_objective(), model=model), tx=tx,
+      name="test", network=model, objective=_objective(model=model), tx=tx,
       schedule=schedule, mesh=mesh, data=data,
       loop=loop_lib.LoopConfig(num_steps=num_steps, log_every=1),
       checkpoint=checkpoints.CheckpointConfig(every=every, keep=2),
-      directory=pathlib.Path(directory), frozen={"ref": ref},
-      initial_params=scoring.init_params(model, jax.random.PRNGKey(0)))
+      directory=pathlib.Path(directory),
+      frozen=types.Frozen(reference=jax.device_put(ref, p_shard)),
+      frozen_shardings=types.Frozen(reference=p_shard),
+      init_params=lambda: scoring.init_params(model, jax.random.PRNGKey(0)))
 
 
 @pytest.mark.slow
@@ -215,7 +214,7 @@ def test_checkpoint_of_another_model_size_is_rejected(tmp_path):
 
 
 def test_microbatch_accumulation_equals_full_batch():
-  sft = objectives.SFT(model=MODEL)
+  sft = objectives.SFT(models=MODELS)
   examples = synthetic.generate("validation", 8)
   vocab = synthetic.vocabulary()
 
@@ -233,12 +232,12 @@ def test_microbatch_accumulation_equals_full_batch():
   rng = jax.random.PRNGKey(0)
   grads = jax.jit(functools.partial(step_lib.compute_grads, sft),
                   static_argnums=(4,))
-  full, m_full = grads(params, {}, batch, rng, 1)
-  micro, m_micro = grads(params, {}, batch, rng, 4)
+  full, m_full = grads(params, types.Frozen(), batch, rng, 1)
+  micro, m_micro = grads(params, types.Frozen(), batch, rng, 4)
   np.testing.assert_allclose(float(m_micro["loss"]), float(m_full["loss"]),
                              rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(micro),
                   jax.tree_util.tree_leaves(full)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="not divisible by num_microbatches=3"):
-    step_lib.compute_grads(sft, params, {}, batch, rng, 3)
+    step_lib.compute_grads(sft, params, types.Frozen(), batch, rng, 3)

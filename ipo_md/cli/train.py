@@ -18,53 +18,83 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def train(*, model_dir: str, model_config, stages: list, mesh_config=None,
-          preference: Any = None, preference_params: Any = None,
-          eval_data=None, eval_sampling=None, initial_checkpoint: str | None =
-          None, dry_run: bool = False) -> dict:
+def train(*, model_dir: str, stages: list, model_config=None,
+          initial_checkpoint: str | None = None, models: dict | None = None,
+          mesh_config=None, dry_run: bool = False) -> dict:
   """Trains `stages` in order in `model_dir` (see ipo_md.trainer.pipeline).
 
-  With `dry_run`, builds every stage's train state abstractly on the mesh
-  (shapes, shardings, sizes; no memory, no data, no checkpoint reads), prints
-  it and returns it: a check of a large configuration on any machine.
+  Args:
+    model_dir: the run's folder.
+    stages: the `pipeline.Stage`s, in order.
+    model_config: the policy's T5Config (shortcut for models['policy']).
+    initial_checkpoint: the policy's initial checkpoint (with model_config).
+    models: role -> `models.ModelSpec` for the other roles (preference,
+      reward, reference), or for all of them.
+    mesh_config: the device mesh.
+    dry_run: plan and check every stage, build every train state abstractly
+      on the mesh (shapes, shardings, sizes; no memory, no data, no
+      checkpoint reads), print it and return it.
   """
   import gin  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
 
   from ipo_md import partitioning  # pylint: disable=g-import-not-at-top
   from ipo_md.trainer import pipeline  # pylint: disable=g-import-not-at-top
 
+  specs = _model_specs(model_config, initial_checkpoint, models)
   mesh = partitioning.make_mesh(mesh_config or partitioning.MeshConfig())
   if dry_run:
-    return _dry_run(model_config, stages, mesh)
+    return _dry_run(specs, stages, mesh)
   _require("MODEL_DIR", model_dir, '"/tmp/ipo_md_run"')
-  _require("INITIAL_CHECKPOINT", initial_checkpoint, '"/path/to/checkpoint"')
+  for role, spec in specs.items():
+    _require("INITIAL_CHECKPOINT" if role == "policy" else
+             f"the {role} model's initial_checkpoint", spec.initial_checkpoint,
+             '"/path/to/checkpoint"')
+  planned = pipeline.plan(models=specs, stages=stages, mesh=mesh)
   directory = _check_model_dir(model_dir)
+  pipeline.check_progress(str(directory), planned)
   (directory / "config.gin").write_text(gin.operative_config_str())
-  _describe(model_config, stages, mesh, directory)
-  initial_params = None
-  if initial_checkpoint:
-    initial_params = _load_initial(initial_checkpoint, model_config, mesh)
+  _describe(specs, planned, mesh, directory)
   start = time.time()
-  results = pipeline.run(
-      model_dir=str(directory), model_config=model_config, stages=stages,
-      mesh=mesh, preference=preference, preference_params=preference_params,
-      eval_data=eval_data, eval_sampling=eval_sampling,
-      initial_params=initial_params)
-  (directory / "config.gin").write_text(gin.operative_config_str())
+  results = pipeline.run(model_dir=str(directory), models=specs,
+                         stages=stages, mesh=mesh, planned=planned)
   _summary(directory, stages, results, time.time() - start)
-  del jax
   return results
 
 
-def _dry_run(model_config, stages, mesh):
+def _model_specs(model_config, initial_checkpoint, models) -> dict:
+  from ipo_md.trainer import models as models_lib  # pylint: disable=g-import-not-at-top
+
+  specs = dict(models or {})
+  if model_config is not None:
+    if "policy" in specs:
+      raise ValueError(
+          "Both train.model_config and train.models['policy'] are set; set "
+          "one of them.")
+    specs["policy"] = models_lib.ModelSpec(
+        config=model_config, initial_checkpoint=initial_checkpoint)
+  elif initial_checkpoint is not None:
+    raise ValueError(
+        "train.initial_checkpoint is set without train.model_config; set the "
+        "policy's initial_checkpoint in train.models['policy'] instead.")
+  models_lib.check_specs(specs)
+  return specs
+
+
+def _dry_run(specs, stages, mesh):
   from ipo_md.trainer import pipeline  # pylint: disable=g-import-not-at-top
 
-  described = pipeline.describe(model_config=model_config, stages=stages,
-                                mesh=mesh)
+  described = pipeline.describe(models=specs, stages=stages, mesh=mesh)
   for name, d in described.items():
-    print(f"[{name}] {d['num_params'] / 1e6:.1f}M parameters, "
-          f"{d['param_bytes'] / 2**30:.2f} GiB, mesh {dict(mesh.shape)}")
+    frozen = ", ".join(f"{role} from {d['frozen'][role]} "
+                       f"({n / 1e6:.1f}M)" for role, n in
+                       d["frozen_sizes"].items())
+    print(f"[{name}] trains the {d['trains']} (from {d['init']}): "
+          f"{d['num_params'] / 1e6:.1f}M parameters, "
+          f"{d['param_bytes'] / 2**30:.2f} GiB"
+          + (f"; reads {frozen}" if frozen else "")
+          + f"; mesh {dict(mesh.shape)}", flush=True)
+  print("Dry run: every stage planned, checked and traced; nothing was "
+        "trained or written.", flush=True)
   return described
 
 
@@ -104,36 +134,25 @@ def _check_model_dir(model_dir: str) -> pathlib.Path:
   return directory
 
 
-def _load_initial(path, model_config, mesh):
-  from ipo_md import partitioning  # pylint: disable=g-import-not-at-top
-  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
-  from ipo_md.model import network  # pylint: disable=g-import-not-at-top
-  from ipo_md.model import scoring  # pylint: disable=g-import-not-at-top
-
-  shardings = partitioning.param_shardings(
-      scoring.abstract_params(network.Transformer(model_config)), mesh)
-  params, _ = params_io.load_initial_params(path, shardings=shardings,
-                                            expected_config=model_config)
-  return params
-
-
-def _describe(model_config, stages, mesh, directory):
+def _describe(specs, planned, mesh, directory):
   import math  # pylint: disable=g-import-not-at-top
 
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
-  from ipo_md.model import network  # pylint: disable=g-import-not-at-top
-  from ipo_md.model import scoring  # pylint: disable=g-import-not-at-top
+  from ipo_md.trainer import models as models_lib  # pylint: disable=g-import-not-at-top
 
-  abstract = nn.unbox(scoring.abstract_params(network.Transformer(model_config)))
-  count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract))
-  print(f"ipo-md: T5 with {count / 1e6:.2f}M parameters "
-        f"(emb {model_config.emb_dim}, {model_config.num_encoder_layers}+"
-        f"{model_config.num_decoder_layers} layers) on mesh "
-        f"{dict(mesh.shape)} of {jax.devices()[0].platform} devices; "
-        f"stages: {', '.join(f'{s.name} ({s.loop.num_steps} steps)' for s in stages)}; "
-        f"output: {directory}", flush=True)
+  parts = []
+  for role, spec in specs.items():
+    abstract, _ = models_lib.param_shardings(spec.config, mesh)
+    count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract))
+    parts.append(f"{role} T5 {count / 1e6:.2f}M (emb {spec.config.emb_dim}, "
+                 f"{spec.config.num_encoder_layers}+"
+                 f"{spec.config.num_decoder_layers} layers)")
+  stages = ", ".join(f"{p.stage.name} ({p.stage.trains}, "
+                     f"{p.stage.loop.num_steps} steps)" for p in planned)
+  print(f"ipo-md: models: {'; '.join(parts)}; mesh {dict(mesh.shape)} of "
+        f"{jax.devices()[0].platform} devices; stages: {stages}; output: "
+        f"{directory}", flush=True)
 
 
 def _summary(directory, stages, results, seconds):

@@ -52,3 +52,24 @@ def symmetrized(
   )
   p_fwd, p_bwd = jnp.split(both, 2, axis=0)
   return 0.5 * (p_fwd + 1.0 - p_bwd)
+
+
+class RewardSignal(Protocol):
+  """r(x, y), traceable under jax.jit (e.g. a Bradley-Terry reward model)."""
+
+  def __call__(self, params: types.PyTree, inputs_BxLi: jax.Array,
+               y_BxT: jax.Array) -> jax.Array:
+    """Returns the reward of each response, shape [batch], float32."""
+    ...
+
+
+def role(signal) -> str | None:
+  """The frozen role whose parameters `signal` reads ("preference",
+  "reward"), or None for signals without parameters (an oracle)."""
+  return getattr(signal, "role", None)
+
+
+def params_for(signal, frozen: types.Frozen) -> types.PyTree:
+  """The parameter tree of `signal` in a stage's frozen models."""
+  name = role(signal)
+  return None if name is None else getattr(frozen, name)

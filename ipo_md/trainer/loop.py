@@ -1,53 +1,81 @@
 """The Trainer: compiles the pure step with explicit shardings and loops.
 
 It owns the side effects the step must not have: host batches, metrics
-read-back one step late, evaluation, checkpoints, and a clean stop on SIGTERM
-or SIGINT (a preempted VM) that writes a checkpoint first.
+read-back one step late, the stage's evaluation (passed in), checkpoints, the
+divergence guard's stop, and a clean stop on SIGTERM or SIGINT (a preempted
+VM) that writes a checkpoint first.
 """
 
 import dataclasses
 import functools
 import pathlib
 import signal
-import time
-from typing import Any
+from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
 
 from ipo_md import checkpoints
 from ipo_md import partitioning
+from ipo_md import types
 from ipo_md.data import pipeline
-from ipo_md.decoding import sampling
-from ipo_md.eval import win_rate
-from ipo_md.model import network
+from ipo_md.model import network as network_lib
 from ipo_md.model import scoring
 from ipo_md.trainer import metrics_log
+from ipo_md.trainer import models as models_lib
 from ipo_md.trainer import step as step_lib
 from ipo_md.trainer import train_state as train_state_lib
 
 
+def _check_int(name: str, value, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"LoopConfig.{name}={value!r} must be an int (e.g. "
+                     f"{max(minimum, 1)}).")
+  if value < minimum:
+    raise ValueError(f"LoopConfig.{name}={value} must be >= {minimum}.")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoopConfig:
-  """num_steps: total optimisation steps; log_every / eval_every: in steps
-  (eval 0 = only at the end); num_microbatches: gradient accumulation."""
+  """How a stage loops.
+
+  Attributes:
+    num_steps: total optimisation steps.
+    log_every: steps between logged metrics.
+    eval_every: steps between evaluations (0 = only at the start and end).
+    num_microbatches: gradient accumulation.
+    seed: the stage's base PRNG seed (and of a random initialisation).
+    nonfinite: the divergence guard, "stop" (halt at the first non-finite
+      loss, gradient or parameter, save the last finite state, exit with an
+      error) or "skip" (drop such updates and count them).
+    max_skipped: with "skip", how many dropped updates halt the run anyway.
+  """
 
   num_steps: int
   log_every: int = 10
   eval_every: int = 0
   num_microbatches: int = 1
   seed: int = 0
+  nonfinite: str = "stop"
+  max_skipped: int = 10
 
   def __post_init__(self):
-    if self.num_steps < 0 or self.log_every <= 0 or self.eval_every < 0:
-      raise ValueError(
-          f"LoopConfig(num_steps={self.num_steps}, log_every={self.log_every},"
-          f" eval_every={self.eval_every}) must be >= 0 / > 0 / >= 0.")
-    if self.num_microbatches <= 0:
-      raise ValueError(
-          f"num_microbatches={self.num_microbatches} must be >= 1.")
+    _check_int("num_steps", self.num_steps, 0)
+    _check_int("log_every", self.log_every, 1)
+    _check_int("eval_every", self.eval_every, 0)
+    _check_int("num_microbatches", self.num_microbatches, 1)
+    _check_int("seed", self.seed, 0)
+    self.guard  # pylint: disable=pointless-statement
+
+  @property
+  def guard(self) -> step_lib.GuardConfig:
+    return step_lib.GuardConfig(nonfinite=self.nonfinite,
+                                max_skipped=self.max_skipped)
+
+
+class Diverged(RuntimeError):
+  """A stage halted on a non-finite update (the message says what to do)."""
 
 
 class _StopFlag:
@@ -71,7 +99,7 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
-def abstract_train_state(model: network.Transformer,
+def abstract_train_state(net: network_lib.Transformer,
                          tx: optax.GradientTransformation,
                          mesh: jax.sharding.Mesh, seed: int = 0):
   """The train state as ShapeDtypeStructs with their shardings, derived from
@@ -79,9 +107,8 @@ def abstract_train_state(model: network.Transformer,
 
   Returns (abstract_state, state_shardings, param_shardings).
   """
-  boxed = scoring.abstract_params(model)
-  param_shardings = partitioning.param_shardings(boxed, mesh)
-  abstract_params = nn.unbox(boxed)
+  abstract_params, param_shardings = models_lib.param_shardings(net.config,
+                                                                mesh)
   abstract_state = jax.eval_shape(
       lambda p: train_state_lib.create(p, tx, seed), abstract_params)
   rep = partitioning.replicated(mesh)
@@ -89,7 +116,7 @@ def abstract_train_state(model: network.Transformer,
       step=rep, params=param_shardings,
       opt_state=partitioning.like_params_shardings(
           abstract_state.opt_state, param_shardings, abstract_params, mesh),
-      rng=rep)
+      rng=rep, skipped=rep, nonfinite_step=rep, nonfinite_what=rep)
   return (checkpoints.abstract_with_shardings(abstract_state, state_shardings),
           state_shardings, param_shardings)
 
@@ -101,74 +128,69 @@ def check_batch(data: pipeline.DataConfig, loop: LoopConfig,
   partitioning.check_batch_size(data.batch_size, mesh,
                                 f"{where}DataConfig.batch_size")
   if loop.num_microbatches > 1:
-    partitioning.check_batch_size(data.batch_size // loop.num_microbatches,
-                                  mesh, f"{where}batch_size / num_microbatches")
     if data.batch_size % loop.num_microbatches:
       raise ValueError(
           f"{where}batch_size={data.batch_size} must be divisible by "
           f"num_microbatches={loop.num_microbatches}.")
+    partitioning.check_batch_size(data.batch_size // loop.num_microbatches,
+                                  mesh, f"{where}batch_size / num_microbatches")
 
 
 class Trainer:
-  """Trains one stage (see pipeline.py) of a policy in `directory`."""
+  """Trains one stage (see pipeline.py) of one model in `directory`.
 
-  def __init__(self, *, name: str, model: network.Transformer, objective: Any,
-               tx: optax.GradientTransformation, schedule: optax.Schedule,
-               mesh: jax.sharding.Mesh, data: pipeline.DataConfig,
-               loop: LoopConfig, checkpoint: checkpoints.CheckpointConfig,
-               directory: pathlib.Path, frozen: dict,
-               initial_params: Any | None = None,
-               eval_inputs: np.ndarray | None = None,
-               eval_sampling: sampling.SamplingConfig | None = None,
-               preference: Any = None, rows_per_step: int | None = None):
+  Args:
+    name: the stage name (console prefix).
+    network: the trained model's network.
+    objective: an `objectives.Objective`.
+    tx, schedule: the optimizer and its learning-rate schedule.
+    mesh: the device mesh.
+    data, loop, checkpoint: the stage's configs.
+    directory: the stage folder.
+    frozen: the frozen models (`types.Frozen`), placed in their shardings.
+    frozen_shardings: their shardings (a `types.Frozen`).
+    init_params: a callable returning the starting params (called only when
+      the stage has no checkpoint yet), or None for a random initialisation.
+    evaluation: fn(params, frozen) -> {name: float}, or None.
+    meta: extra JSON saved with every checkpoint (role, head, ...).
+    rows_per_step: sampled rows per step (throughput on the console).
+  """
+
+  def __init__(self, *, name: str, network: network_lib.Transformer,
+               objective: Any, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, mesh: jax.sharding.Mesh,
+               data: pipeline.DataConfig, loop: LoopConfig,
+               checkpoint: checkpoints.CheckpointConfig,
+               directory: pathlib.Path, frozen: types.Frozen = types.Frozen(),
+               frozen_shardings: types.Frozen = types.Frozen(),
+               init_params: Callable[[], Any] | None = None,
+               evaluation: Callable[[Any, Any], dict] | None = None,
+               meta: dict | None = None, rows_per_step: int | None = None):
     check_batch(data, loop, mesh)
-    self.name, self.model, self.mesh = name, model, mesh
-    self.data, self.loop, self.directory = data, loop, directory
-    self.frozen, self.initial_params = frozen, initial_params
-    self.tx, self.schedule = tx, schedule
-    self.checkpointer = checkpoints.Checkpointer(directory / "checkpoints",
+    self.name, self.network, self.mesh = name, network, mesh
+    self.data, self.loop, self.directory = data, loop, pathlib.Path(directory)
+    self.frozen, self.init_params = frozen, init_params
+    self.tx, self.schedule, self.evaluation = tx, schedule, evaluation
+    self.meta = dict(meta or {})
+    self.checkpointer = checkpoints.Checkpointer(self.directory / "checkpoints",
                                                  checkpoint)
-    self._build_shardings()
+    (self.abstract_state, self.state_shardings,
+     self.param_shardings) = abstract_train_state(network, tx, mesh, loop.seed)
+    self.batch_sharding = partitioning.batch_sharding(mesh)
     self._step_fn = jax.jit(
         functools.partial(step_lib.train_step, objective=objective, tx=tx,
                           schedule=schedule,
-                          num_microbatches=loop.num_microbatches),
+                          num_microbatches=loop.num_microbatches,
+                          guard=loop.guard),
         in_shardings=(self.state_shardings, self.batch_sharding,
-                      self.frozen_shardings),
+                      frozen_shardings),
         out_shardings=(self.state_shardings, partitioning.replicated(mesh)),
         donate_argnums=(0,))
-    self._eval = self._build_eval(eval_inputs, eval_sampling, preference)
+    self.batch_keys = None  # The features the step reads (set on first batch).
     self.log = metrics_log.MetricsLog(
-        directory, name=name, total_steps=loop.num_steps,
+        self.directory, name=name, total_steps=loop.num_steps,
         rows_per_step=rows_per_step or data.batch_size,
         enabled=jax.process_index() == 0)
-
-  def _build_shardings(self):
-    (self.abstract_state, self.state_shardings,
-     self.param_shardings) = abstract_train_state(self.model, self.tx,
-                                                  self.mesh, self.loop.seed)
-    self.abstract_params = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-        self.abstract_state.params)
-    self.batch_sharding = partitioning.batch_sharding(self.mesh)
-    self.frozen_shardings = {
-        k: (self.param_shardings if k == "ref" else
-            jax.tree_util.tree_map(lambda x: x.sharding, v))
-        for k, v in self.frozen.items()}
-
-  def _build_eval(self, eval_inputs, cfg, preference):
-    if eval_inputs is None or cfg is None or preference is None:
-      return None
-    partitioning.check_batch_size(eval_inputs.shape[0], self.mesh,
-                                  "number of evaluation prompts")
-    fn = jax.jit(functools.partial(win_rate.evaluate, model=self.model,
-                                   preference=preference, cfg=cfg))
-    # Every host holds all the prompts: place them as the global array, not
-    # as one host's slice (which would repeat them process_count times).
-    inputs = jax.make_array_from_process_local_data(
-        self.batch_sharding, eval_inputs, eval_inputs.shape)
-    rng = jax.random.PRNGKey(self.loop.seed + 12345)
-    return lambda params: fn(params, self.frozen, inputs, rng)
 
   def _place(self, array: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(self.batch_sharding, array)
@@ -178,24 +200,25 @@ class Trainer:
     created directly in its shardings. Returns (state, data position)."""
     latest = self.checkpointer.latest_step()
     if latest is not None:
-      self._check_same_model(latest)
+      self.check_same_model(latest)
       state, meta = self.checkpointer.restore(latest, self.abstract_state)
       print(f"[{self.name}] resumed from {self.checkpointer.directory}/"
             f"{latest} (data position {meta['data_position']}).", flush=True)
+      self.log.truncate_after(latest)
       return state, int(meta["data_position"])
     create = lambda p: train_state_lib.create(p, self.tx, self.loop.seed)
-    if self.initial_params is None:
+    if self.init_params is None:
       init = lambda: create(scoring.init_params(
-          self.model, jax.random.PRNGKey(self.loop.seed)))
+          self.network, jax.random.PRNGKey(self.loop.seed)))
       state = jax.jit(init, out_shardings=self.state_shardings)()
     else:
       state = jax.jit(create, in_shardings=(self.param_shardings,),
-                      out_shardings=self.state_shardings)(self.initial_params)
+                      out_shardings=self.state_shardings)(self.init_params())
     return state, 0
 
-  def _check_same_model(self, step: int) -> None:
+  def check_same_model(self, step: int) -> None:
     saved = self.checkpointer.restore_meta(step).get("model_config")
-    current = dataclasses.asdict(self.model.config)
+    current = dataclasses.asdict(self.network.config)
     if saved is not None and saved != current:
       diff = {k: (saved.get(k), v) for k, v in current.items()
               if saved.get(k) != (list(v) if isinstance(v, tuple) else v)}
@@ -207,32 +230,48 @@ class Trainer:
 
   def _save(self, state, data_position: int) -> None:
     step = int(state.step)
+    if int(state.nonfinite_step) != train_state_lib.NOT_HALTED:
+      # A halted state stopped advancing; its data position is its step (one
+      # global batch per step).
+      data_position = step
     self.checkpointer.save(step, state, {
-        "step": step, "data_position": data_position,
-        "model_config": dataclasses.asdict(self.model.config)})
+        **self.meta, "step": step, "data_position": data_position,
+        "model_config": dataclasses.asdict(self.network.config)})
 
   def evaluate(self, state) -> dict:
-    return {} if self._eval is None else jax.device_get(self._eval(state.params))
+    if self.evaluation is None:
+      return {}
+    return self.evaluation(state.params, self.frozen)
+
+  def _batch(self, it) -> dict:
+    host = next(it)
+    if self.batch_keys is None:
+      self.batch_keys = tuple(sorted(host))
+    return {k: self._place(host[k]) for k in self.batch_keys}
 
   def run(self) -> tuple[train_state_lib.TrainState, dict]:
     """Trains to `loop.num_steps` (or until a stop signal). Returns the final
-    state and the last logged metrics (including "stopped_by")."""
+    state and the last logged metrics (including "stopped_by"). Raises
+    Diverged when the divergence guard halts the stage."""
     state, position = self.initial_state()
     it = pipeline.make_iterator(self.data, shard_index=jax.process_index(),
                                 num_shards=jax.process_count(),
                                 start_position=position)
+    _print_truncation(self.name, it)
     step, last = int(state.step), {}
-    if step == 0 and self._eval is not None and self.loop.num_steps > 0:
+    if step == 0 and self.evaluation is not None and self.loop.num_steps > 0:
       last = self.evaluate(state)
       self.log.write(0, last)
-    pending = None
+    pending, previous = None, None
     with _StopFlag() as stop:
       while step < self.loop.num_steps and not self._stop_agreed(stop):
-        batch = jax.tree_util.tree_map(self._place, next(it))
-        state, metrics = self._step_fn(state, batch, self.frozen)
+        state, metrics = self._step_fn(state, self._batch(it), self.frozen)
         step += 1
         if pending is not None:  # Read step n-1's metrics after dispatching n.
           last = self._write(*pending)
+        if _halted(previous):  # Step n-1 halted; step n left the state as is.
+          break
+        previous = metrics
         pending = (step, metrics) if self._due(step, self.loop.log_every) else None
         if self._due(step, self.loop.eval_every) or step == self.loop.num_steps:
           train_metrics = {} if pending is None else self._host(pending[1])
@@ -241,6 +280,8 @@ class Trainer:
           self.log.write(step, last)
         if self.checkpointer.should_save(step):
           self._save(state, it.position)
+      if _halted(previous):
+        self._halt(state)
       if pending is not None:
         last = self._write(*pending)
       self._save(state, it.position)
@@ -252,6 +293,26 @@ class Trainer:
             f"{self.checkpointer.directory}; rerun the same command to resume.",
             flush=True)
     return state, last
+
+  def _halt(self, state) -> None:
+    """Saves the last finite state and raises Diverged."""
+    good = int(state.step)
+    bad = int(state.nonfinite_step)
+    what = train_state_lib.describe_nonfinite(int(state.nonfinite_what))
+    # A halted state never advanced past the failing step: it is the state
+    # after `good` steps, and the data position equals the step.
+    self._save(state, good)
+    self.checkpointer.wait()
+    skipped = int(state.skipped)
+    extra = (f" ({skipped} earlier non-finite updates were skipped)"
+             if skipped else "")
+    raise Diverged(
+        f"[{self.name}] the {what} became non-finite (NaN or Inf) at step "
+        f"{bad + 1} of {self.loop.num_steps}{extra}. Nothing non-finite was "
+        f"saved: the last finite state is checkpoint {good} in "
+        f"{self.checkpointer.directory}, and a rerun resumes from it. Try a "
+        "lower learning rate (OptimizerConfig.learning_rate), a warm-up, or "
+        "LoopConfig.nonfinite='skip' to drop rare bad updates.")
 
   @staticmethod
   def _stop_agreed(stop: _StopFlag) -> bool:
@@ -281,3 +342,15 @@ class Trainer:
   def close(self):
     self.checkpointer.close()
     self.log.close()
+
+
+def _halted(metrics) -> bool:
+  return metrics is not None and bool(float(metrics["guard/halted"]))
+
+
+def _print_truncation(name: str, it) -> None:
+  summary = getattr(it, "truncation_summary", None)
+  if summary is not None and jax.process_index() == 0:
+    text = summary()
+    if text:
+      print(f"[{name}] {text}", flush=True)

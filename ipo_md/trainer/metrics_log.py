@@ -10,8 +10,10 @@ from clu import metric_writers
 
 # Shown on the console line when present, in this order (all go to the files).
 _CONSOLE_KEYS = ("loss", "nll_per_token", "rewards/margin", "preference/mean",
-                 "samples/length", "eval/win_rate_vs_ref",
-                 "eval/policy/covered", "eval/policy/invented")
+                 "pm/accuracy", "rm/accuracy", "samples/length",
+                 "eval/win_rate_vs_ref/gold", "eval/win_rate_vs_ref/pm",
+                 "eval/accuracy", "eval/gold_agreement", "eval/gold_accuracy",
+                 "eval/ece", "eval/policy/covered", "eval/policy/invented")
 
 
 class MetricsLog:
@@ -35,6 +37,25 @@ class MetricsLog:
     self._jsonl = open(directory / "metrics.jsonl", "a", encoding="utf-8")
     self._tb = metric_writers.SummaryWriter(str(directory / "tensorboard"))
     self._last = None  # (time, step) of the previous console line.
+
+  def truncate_after(self, step: int) -> None:
+    """Drops metrics.jsonl lines of steps after `step` (a resume from that
+    step's checkpoint writes them again, so each step appears once)."""
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    path = self.directory / "metrics.jsonl"
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+      try:
+        if json.loads(line).get("step", 0) <= step:
+          kept.append(line)
+      except json.JSONDecodeError:
+        continue  # A line cut by a crash mid-write.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    tmp.replace(path)
+    self._jsonl = open(path, "a", encoding="utf-8")
 
   def write(self, step: int, metrics: dict, *, console: bool = True) -> None:
     if not self.enabled:

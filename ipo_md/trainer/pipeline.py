@@ -1,29 +1,45 @@
-"""A run is a sequence of stages, e.g. SFT warm start, then online IPO-MD.
+"""A run is a sequence of stages over the models it declares by role.
 
-Each stage trains in `<model_dir>/<stage name>/` with its own checkpoints and
-metrics. A stage starts from the previous stage's final policy (or the initial
-checkpoint), and with `freeze_reference=True` that starting policy is also its
-frozen reference, as in the paper (the SFT model initialises the policy and is
-the reference). Re-running the same command skips finished stages and resumes
-an interrupted one from its latest checkpoint.
+Each stage trains one role (`trains`: the policy, the preference model or the
+reward model) in `<model_dir>/<stage name>/` with its own checkpoints and
+metrics, and reads other roles frozen (`frozen`: role -> source). A source is
+an earlier stage's name (its final parameters, read back from its last
+checkpoint, so a later stage sees exactly what was saved) or `"initial"` (the
+role's initial checkpoint). The trained model starts from `init`: by default
+the latest earlier stage that trained the same role, else the role's initial
+checkpoint, else a random initialisation. The paper's pipeline in miniature:
+
+  sft     trains policy                                (random or a checkpoint)
+  pm      trains preference, init from sft
+  ipo_md  trains policy from sft, frozen {reference: sft, preference: pm}
+
+Before any stage trains (and under --dry_run), `plan` builds every stage's
+objective and evaluation and checks them against their data kind, task,
+models, sources, batch sizes and optimizer, and traces each train step
+abstractly (jax.eval_shape: no memory, no compilation), so a mistake in the
+last stage is reported in seconds. Re-running the same command skips finished
+stages and resumes an interrupted one from its latest checkpoint.
 """
 
 import dataclasses
-import pathlib
+import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from etils import epath
 import jax
 import numpy as np
 
 from ipo_md import checkpoints
 from ipo_md import optim
-from ipo_md import partitioning
+from ipo_md import types
+from ipo_md.data import feature_converters
 from ipo_md.data import pipeline as data_pipeline
-from ipo_md.decoding import sampling
-from ipo_md.model import config as config_lib
-from ipo_md.model import network
 from ipo_md.trainer import loop as loop_lib
+from ipo_md.trainer import models as models_lib
+from ipo_md.trainer import step as step_lib
+
+INITIAL = models_lib.INITIAL
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,6 +51,24 @@ class OptimizerConfig:
   warmup_steps: int = 0
   decay_rate: float = 0.8
   clipping_threshold: float | None = 1.0
+
+  def __post_init__(self):
+    lr = self.learning_rate
+    if (isinstance(lr, bool) or not isinstance(lr, (int, float))
+        or not 0 < lr < math.inf):
+      raise ValueError(
+          f"OptimizerConfig.learning_rate={lr!r} must be a finite float > 0 "
+          "(e.g. 1e-4, the paper's).")
+    if self.schedule not in optim.SCHEDULES:
+      raise ValueError(
+          f"OptimizerConfig.schedule={self.schedule!r}; choose one of "
+          f"{optim.SCHEDULES}.")
+    if (isinstance(self.warmup_steps, bool)
+        or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+      raise ValueError(
+          f"OptimizerConfig.warmup_steps={self.warmup_steps!r} must be an int "
+          ">= 0.")
+    self.build()  # The remaining checks live in optim.
 
   def build(self):
     schedule = optim.make_schedule(self.schedule,
@@ -51,115 +85,430 @@ class Stage:
 
   Attributes:
     name: sub-folder of the model dir, and the console prefix.
-    objective: called as objective(model=model) -> an objective of
+    objective: called as objective(models=Models) -> an objective of
       `ipo_md.trainer.objectives` (SFT, OnlinePairwise, ...).
     data: the training batches.
-    loop: steps, logging, evaluation, microbatches, seed.
+    loop: steps, logging, evaluation interval, microbatches, seed, guard.
+    trains: the role trained: 'policy', 'preference' or 'reward'.
+    init: where the trained model starts: an earlier stage's name,
+      'initial' (the role's initial checkpoint, else random), or None (the
+      latest earlier stage that trained this role, else 'initial').
+    frozen: role -> source of the frozen models the stage reads, e.g.
+      {'reference': 'sft', 'preference': 'pm'}.
+    evaluation: called as evaluation(models=Models) -> an evaluation of
+      `ipo_md.trainer.evaluation`, or None.
     optimizer: Adafactor and schedule.
     checkpoint: how often to save, how many to keep.
-    freeze_reference: use the stage's starting policy as its frozen reference.
   """
 
   name: str
   objective: Callable[..., Any]
   data: data_pipeline.DataConfig
   loop: loop_lib.LoopConfig
+  trains: str = models_lib.POLICY
+  init: str | None = None
+  frozen: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  evaluation: Callable[..., Any] | None = None
   optimizer: OptimizerConfig = OptimizerConfig()
   checkpoint: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig()
-  freeze_reference: bool = False
-  samples_per_row: int = 1
+
+  def __post_init__(self):
+    object.__setattr__(self, "frozen", dict(self.frozen or {}))
 
 
-def _final_params(trainer: loop_lib.Trainer, num_steps: int):
-  """The params of a finished stage, or None if it has not finished."""
-  if trainer.checkpointer.latest_step() != num_steps:
-    return None
-  trainer._check_same_model(num_steps)  # pylint: disable=protected-access
-  state, _ = trainer.checkpointer.restore(num_steps, trainer.abstract_state)
-  return state.params
+@dataclasses.dataclass(frozen=True)
+class PlannedStage:
+  """A stage with its sources resolved and its objective built."""
+
+  stage: Stage
+  init: str                  # an earlier stage's name or INITIAL
+  frozen: dict[str, str]     # role -> an earlier stage's name or INITIAL
+  network: Any               # the trained model's network
+  objective: Any
+  evaluation: Any
+  tx: Any
+  schedule: Any
 
 
-def run(*, model_dir: str, model_config: config_lib.T5Config,
-        stages: list[Stage], mesh: jax.sharding.Mesh, preference: Any = None,
-        preference_params: Any = None, eval_data: data_pipeline.DataConfig |
-        None = None, eval_sampling: sampling.SamplingConfig | None = None,
-        initial_params: Any = None) -> dict:
-  """Runs the stages in order; returns {stage name: last metrics}."""
-  # Every stage's batch, before the first stage trains (not hours later).
+class StageError(ValueError):
+  """A configuration mistake in one stage (the message names it)."""
+
+
+def _fail(stage: Stage, message: str):
+  raise StageError(f"stage {stage.name!r}: {message}")
+
+
+def _check_name(stage: Stage, seen: dict) -> None:
+  name = stage.name
+  if not isinstance(name, str) or not name or "/" in name or name in (
+      INITIAL, ".", ".."):
+    raise StageError(
+        f"Stage name {name!r} must be a non-empty folder name other than "
+        f"{INITIAL!r}.")
+  if name in seen:
+    _fail(stage, "two stages have this name; give each a unique name.")
+
+
+def _resolve_init(stage: Stage, trained_by: dict, specs) -> str:
+  if stage.init is None:
+    earlier = [s for s, role in trained_by.items() if role == stage.trains]
+    return earlier[-1] if earlier else INITIAL
+  if stage.init == INITIAL:
+    return INITIAL
+  if stage.init not in trained_by:
+    _fail(stage, f"init={stage.init!r} is not an earlier stage (earlier: "
+          f"{list(trained_by)}); name one, or {INITIAL!r}.")
+  source_role = trained_by[stage.init]
+  mine = models_lib.config_of(stage.trains, specs)
+  theirs = models_lib.config_of(source_role, specs)
+  if mine != theirs:
+    diff = {k: (getattr(theirs, k), getattr(mine, k))
+            for k in dataclasses.asdict(mine)
+            if getattr(theirs, k) != getattr(mine, k)}
+    _fail(stage, f"init={stage.init!r} trained the {source_role} model, whose "
+          f"architecture differs from the {stage.trains} model's ({diff}); "
+          "give both the same config or start from 'initial'.")
+  return stage.init
+
+
+def _resolve_frozen(stage: Stage, trained_by: dict, specs) -> dict:
+  out = {}
+  for role, source in stage.frozen.items():
+    if role not in models_lib.FROZEN:
+      _fail(stage, f"frozen role {role!r} is not one of {models_lib.FROZEN}.")
+    want = models_lib.TRAINED_AS[role]
+    if source == INITIAL:
+      if not _initial_checkpoint(role, specs):
+        _fail(stage, f"reads the {role} model from {INITIAL!r}, but "
+              f"models[{role!r}] has no initial_checkpoint; set one, or read "
+              f"it from an earlier stage that trains the {want} (e.g. "
+              f"frozen={{{role!r}: 'sft'}}).")
+    elif source not in trained_by:
+      _fail(stage, f"reads the {role} model from {source!r}, which is not an "
+            f"earlier stage (earlier: {list(trained_by)}) nor {INITIAL!r}; no "
+            "stage or checkpoint provides it.")
+    elif trained_by[source] != want:
+      _fail(stage, f"reads the {role} model from stage {source!r}, which "
+            f"trains the {trained_by[source]} model, not the {want}.")
+    if role in (models_lib.PREFERENCE, models_lib.REWARD) and role not in specs:
+      _fail(stage, f"reads the {role} model, but the run declares no "
+            f"models[{role!r}] (its config and head).")
+    out[role] = source
+  return out
+
+
+def _initial_checkpoint(role: str, specs) -> str | None:
+  spec = specs.get(role)
+  if spec is None and role == models_lib.REFERENCE:
+    spec = specs[models_lib.POLICY]
+  return None if spec is None else spec.initial_checkpoint
+
+
+def _build(stage: Stage, built: models_lib.Models, what: str, factory):
+  try:
+    return factory(models=built)
+  except (ValueError, TypeError) as e:
+    _fail(stage, f"building its {what}: {e}")
+
+
+def _check_data(stage: Stage, objective) -> None:
+  data = stage.data
+  kind = getattr(objective, "batch_kind", None)
+  if kind != data.kind:
+    _fail(stage, f"its objective {type(objective).__name__} reads {kind!r} "
+          f"batches but its data is kind {data.kind!r} (task {data.task!r}); "
+          f"bind a {kind!r} task and set DataConfig.kind={kind!r}.")
+  task = data_pipeline.get_task(data.task)
+  task_kind = getattr(data_pipeline, "task_kind", None)
+  if task_kind is not None:
+    found = task_kind(data.task)
+    if found is not None and found != data.kind:
+      _fail(stage, f"task {data.task!r} is a {found!r} task, but the stage "
+            f"reads {data.kind!r} batches ({type(objective).__name__}); bind "
+            f"a {data.kind!r} task.")
+  feature_converters.batch_lengths(data.kind, data.feature_lengths,
+                                   task.output_features, data.task)
+
+
+def _check_reads(stage: Stage, objective, evaluation, frozen: dict) -> None:
+  needed = set(getattr(objective, "reads", ()))
+  if evaluation is not None:
+    needed |= set(getattr(evaluation, "reads", ()))
+  missing = sorted(needed - set(frozen))
+  if missing:
+    _fail(stage, f"its objective/evaluation read the frozen {missing} "
+          f"model(s), which the stage does not provide; add them to "
+          f"Stage.frozen (e.g. {{{missing[0]!r}: 'sft'}}).")
+  unused = sorted(set(frozen) - needed)
+  if unused:
+    _fail(stage, f"Stage.frozen names {unused}, which neither its objective "
+          "nor its evaluation reads; remove them.")
+
+
+def abstract_batch(data: data_pipeline.DataConfig) -> dict:
+  """ShapeDtypeStructs of the batch a DataConfig yields (no data read)."""
+  b, lengths = data.batch_size, data.feature_lengths
+  i32 = lambda n: jax.ShapeDtypeStruct((b, n), np.int32)
+  if data.kind == feature_converters.PAIRS:
+    return {"inputs": i32(lengths["inputs"]), "chosen": i32(lengths["targets"]),
+            "rejected": i32(lengths["targets"]),
+            "label": jax.ShapeDtypeStruct((b,), np.float32)}
+  return {k: i32(v) for k, v in lengths.items()}
+
+
+def _abstract_frozen(frozen: dict, specs, mesh) -> types.Frozen:
+  trees = {}
+  for role in frozen:
+    config = models_lib.config_of(role, specs)
+    abstract, shardings = models_lib.param_shardings(config, mesh)
+    trees[role] = checkpoints.abstract_with_shardings(abstract, shardings)
+  return types.Frozen(**trees)
+
+
+def _trace(stage: Stage, planned: "PlannedStage", specs, mesh) -> None:
+  """Traces the train step abstractly: trace-time errors (a tau <= 0, a
+  template too long for its model, shape mismatches) surface here."""
+  abstract_state, _, _ = loop_lib.abstract_train_state(
+      planned.network, planned.tx, mesh, stage.loop.seed)
+  step = lambda s, b, f: step_lib.train_step(
+      s, b, f, objective=planned.objective, tx=planned.tx,
+      schedule=planned.schedule, num_microbatches=stage.loop.num_microbatches,
+      guard=stage.loop.guard)
+  try:
+    jax.eval_shape(step, abstract_state, abstract_batch(stage.data),
+                   _abstract_frozen(planned.frozen, specs, mesh))
+  except (ValueError, TypeError) as e:
+    _fail(stage, f"its train step does not trace: {e}")
+
+
+def plan(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],
+         mesh: jax.sharding.Mesh, trace: bool = True) -> list[PlannedStage]:
+  """Checks the whole run and resolves every stage (see the module doc).
+
+  Raises:
+    StageError (a ValueError) naming the stage and the fix.
+  """
+  if not stages:
+    raise StageError("The run has no stages; set train.stages = [...].")
+  models_lib.check_specs(models)
+  built = models_lib.build(models)
+  nets = {}
+  if built.policy is not None:
+    nets[models_lib.POLICY] = built.policy
+  if built.preference is not None:
+    nets[models_lib.PREFERENCE] = built.preference.network
+  if built.reward is not None:
+    nets[models_lib.REWARD] = built.reward.network
+  trained_by, planned = {}, []
   for stage in stages:
-    loop_lib.check_batch(stage.data, stage.loop, mesh,
-                         where=f"stage {stage.name!r}: ")
-  if eval_data is not None:
-    partitioning.check_batch_size(eval_data.batch_size, mesh,
-                                  "eval DataConfig.batch_size")
-  model = network.Transformer(model_config)
-  eval_inputs = None
-  if eval_data is not None:
-    eval_inputs = data_pipeline.load_batch(eval_data,
-                                           eval_data.batch_size)["inputs"]
-  params, results = initial_params, {}
-  for stage in stages:
-    directory = pathlib.Path(model_dir) / stage.name
-    tx, schedule = stage.optimizer.build()
-    trainer_kwargs = dict(
-        name=stage.name, model=model, tx=tx, schedule=schedule, mesh=mesh,
-        data=stage.data, loop=stage.loop, checkpoint=stage.checkpoint,
-        directory=directory, eval_inputs=eval_inputs,
-        eval_sampling=eval_sampling, preference=preference,
-        rows_per_step=stage.data.batch_size * stage.samples_per_row)
-    if stage.freeze_reference and params is None:
-      params = _random_params(model, mesh, stage.loop.seed)
-    frozen = {"preference": preference_params}
-    if stage.freeze_reference:
-      frozen["ref"] = params
-    trainer = loop_lib.Trainer(objective=stage.objective(model=model),
-                               frozen=frozen, initial_params=params,
-                               **trainer_kwargs)
+    _check_name(stage, trained_by)
+    if stage.trains not in models_lib.TRAINABLE:
+      _fail(stage, f"trains={stage.trains!r}; choose one of "
+            f"{models_lib.TRAINABLE}.")
+    if stage.trains not in nets:
+      _fail(stage, f"trains the {stage.trains} model, which the run does not "
+            f"declare; add models[{stage.trains!r}].")
+    init = _resolve_init(stage, trained_by, models)
+    frozen = _resolve_frozen(stage, trained_by, models)
+    objective = _build(stage, built, "objective", stage.objective)
+    evaluation = (None if stage.evaluation is None else
+                  _build(stage, built, "evaluation", stage.evaluation))
+    _check_data(stage, objective)
+    _check_reads(stage, objective, evaluation, frozen)
     try:
-      finished = _final_params(trainer, stage.loop.num_steps)
-      if finished is not None:
-        print(f"[{stage.name}] already finished in {directory}; skipping.",
-              flush=True)
-        params = finished
-        continue
+      loop_lib.check_batch(stage.data, stage.loop, mesh)
+    except ValueError as e:
+      _fail(stage, str(e))
+    tx, schedule = stage.optimizer.build()
+    p = PlannedStage(stage=stage, init=init, frozen=frozen,
+                     network=nets[stage.trains], objective=objective,
+                     evaluation=evaluation, tx=tx, schedule=schedule)
+    if trace:
+      _trace(stage, p, models, mesh)
+    planned.append(p)
+    trained_by[stage.name] = stage.trains
+  return planned
+
+
+class _Sources:
+  """Parameters of stage outputs and initial checkpoints, loaded on demand
+  (from disk: a later stage reads exactly what was saved) and dropped when
+  no later stage needs them."""
+
+  def __init__(self, model_dir, specs, planned, mesh):
+    self.model_dir, self.specs, self.mesh = model_dir, specs, mesh
+    self.stages = {p.stage.name: p.stage for p in planned}
+    self.cache = {}
+
+  def get(self, source: str, role: str):
+    key = _key(source, role)
+    if key not in self.cache:
+      self.cache[key] = self._load(source, role)
+    return self.cache[key]
+
+  def _load(self, source: str, role: str):
+    if source == INITIAL:
+      config = models_lib.config_of(role, self.specs)
+      path = _initial_checkpoint(role, self.specs)
+      print(f"[{role}] loading {path}", flush=True)
+      return models_lib.load_params(path, config, self.mesh)
+    stage = self.stages[source]
+    config = models_lib.config_of(stage.trains, self.specs)
+    return models_lib.load_params(f"{self.model_dir}/{source}", config,
+                                  self.mesh, step=stage.loop.num_steps)
+
+  def release(self, still_needed: set) -> None:
+    for key in list(self.cache):
+      if key not in still_needed:
+        del self.cache[key]
+
+
+def _key(source: str, role: str):
+  """A stage's output is one tree whoever reads it; initial checkpoints are
+  per role."""
+  return (INITIAL, role) if source == INITIAL else source
+
+
+def _needed_after(planned, index) -> set:
+  keys = set()
+  for p in planned[index + 1:]:
+    keys.add(_key(p.init, p.stage.trains))
+    keys.update(_key(src, role) for role, src in p.frozen.items())
+  return keys
+
+
+def _latest_step(directory, config) -> int | None:
+  """The latest saved step of a stage folder, after checking that it was
+  written by a model of `config`."""
+  if not epath.Path(f"{directory}/checkpoints").exists():
+    return None
+  checkpointer = checkpoints.Checkpointer(f"{directory}/checkpoints",
+                                          checkpoints.CheckpointConfig())
+  try:
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      saved = checkpointer.restore_meta(latest).get("model_config")
+      current = dataclasses.asdict(config)
+      diff = {k: (saved.get(k), v) for k, v in current.items()
+              if saved is not None
+              and saved.get(k) != (list(v) if isinstance(v, tuple) else v)}
+      if diff:
+        raise StageError(
+            f"The checkpoint {checkpointer.directory}/{latest} was written "
+            f"by another model (saved vs configured: {diff}). Use a fresh "
+            "MODEL_DIR, or configure the model it was trained with.")
+    return latest
+  finally:
+    checkpointer.close()
+
+
+def check_progress(model_dir: str, planned: list[PlannedStage]) -> dict:
+  """{stage: latest saved step}; refuses a stage written by another model or
+  saved beyond its num_steps (its num_steps was lowered after it trained)."""
+  progress = {}
+  for p in planned:
+    latest = _latest_step(f"{model_dir}/{p.stage.name}", p.network.config)
+    if latest is not None and latest > p.stage.loop.num_steps:
+      _fail(p.stage, f"{model_dir}/{p.stage.name} already holds a checkpoint "
+            f"at step {latest}, beyond num_steps={p.stage.loop.num_steps}. "
+            f"Set num_steps >= {latest} to continue it, or use a fresh "
+            "MODEL_DIR to train it anew.")
+    progress[p.stage.name] = latest
+  return progress
+
+
+def _meta(p: PlannedStage, specs) -> dict:
+  head = specs[p.stage.trains].head if p.stage.trains in specs else None
+  return {"stage": p.stage.name, "role": p.stage.trains,
+          "head": None if head is None else _jsonable(
+              dataclasses.asdict(head))}
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (tuple, list)):
+    return [_jsonable(v) for v in x]
+  return x
+
+
+def _trainer(p: PlannedStage, model_dir, specs, sources, mesh):
+  stage = p.stage
+  frozen = {role: sources.get(src, role) for role, src in p.frozen.items()}
+  frozen_shardings = {
+      role: models_lib.param_shardings(models_lib.config_of(role, specs),
+                                       mesh)[1] for role in p.frozen}
+  init_params = None
+  if p.init != INITIAL or _initial_checkpoint(stage.trains, specs):
+    init_params = lambda: sources.get(p.init, stage.trains)
+  evaluation = (None if p.evaluation is None else
+                p.evaluation.build(mesh, stage.loop.seed))
+  return loop_lib.Trainer(
+      name=stage.name, network=p.network, objective=p.objective, tx=p.tx,
+      schedule=p.schedule, mesh=mesh, data=stage.data, loop=stage.loop,
+      checkpoint=stage.checkpoint, directory=f"{model_dir}/{stage.name}",
+      frozen=types.Frozen(**frozen),
+      frozen_shardings=types.Frozen(**frozen_shardings),
+      init_params=init_params, evaluation=evaluation, meta=_meta(p, specs),
+      rows_per_step=stage.data.batch_size * p.objective.rows_per_example)
+
+
+def run(*, model_dir: str, models: dict[str, models_lib.ModelSpec],
+        stages: list[Stage], mesh: jax.sharding.Mesh,
+        planned: list[PlannedStage] | None = None) -> dict:
+  """Runs the stages in order; returns {stage name: last metrics}."""
+  planned = planned or plan(models=models, stages=stages, mesh=mesh)
+  progress = check_progress(model_dir, planned)
+  sources = _Sources(model_dir, models, planned, mesh)
+  results = {}
+  for index, p in enumerate(planned):
+    stage = p.stage
+    if progress[stage.name] == stage.loop.num_steps:
+      print(f"[{stage.name}] already finished in {model_dir}/{stage.name}; "
+            "skipping.", flush=True)
+      continue
+    trainer = _trainer(p, model_dir, models, sources, mesh)
+    try:
       start = time.time()
       state, last = trainer.run()
       results[stage.name] = last
       if last.get("stopped_by"):
         return results
+      if p.evaluation is not None and jax.process_index() == 0:
+        p.evaluation.finish(f"{model_dir}/{stage.name}")
       print(f"[{stage.name}] done: {stage.loop.num_steps} steps in "
             f"{time.time() - start:.0f}s.", flush=True)
-      params = state.params
+      del state
     finally:
       trainer.close()
+    sources.release(_needed_after(planned, index))
   return results
 
 
-def describe(*, model_config: config_lib.T5Config, stages: list[Stage],
+def describe(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],
              mesh: jax.sharding.Mesh) -> dict:
-  """Shapes, shardings and sizes of every stage's train state, built
-  abstractly (jax.eval_shape): checks a configuration without memory."""
-  model = network.Transformer(model_config)
+  """Every stage planned and checked, with the shapes, shardings and sizes of
+  its train state and frozen models, built abstractly (no memory)."""
   out = {}
-  for stage in stages:
-    tx, _ = stage.optimizer.build()
+  for p in plan(models=models, stages=stages, mesh=mesh):
     abstract_state, _, _ = loop_lib.abstract_train_state(
-        model, tx, mesh, stage.loop.seed)
-    leaves = jax.tree_util.tree_leaves(abstract_state.params)
-    out[stage.name] = {
-        "state": abstract_state,
-        "num_params": sum(int(np.prod(x.shape)) for x in leaves),
-        "param_bytes": sum(int(np.prod(x.shape)) * x.dtype.itemsize
-                           for x in leaves),
+        p.network, p.tx, mesh, p.stage.loop.seed)
+    frozen = _abstract_frozen(p.frozen, models, mesh)
+    out[p.stage.name] = {
+        "trains": p.stage.trains, "init": p.init, "frozen": dict(p.frozen),
+        "state": abstract_state, "frozen_params": frozen,
+        "num_params": _count(abstract_state.params),
+        "param_bytes": _bytes(abstract_state.params),
+        "frozen_sizes": {role: _count(getattr(frozen, role))
+                         for role in p.frozen},
     }
   return out
 
 
-def _random_params(model, mesh, seed):
-  from ipo_md.model import scoring  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
-  shardings = partitioning.param_shardings(scoring.abstract_params(model),
-                                           mesh)
-  return jax.jit(lambda: scoring.init_params(model, jax.random.PRNGKey(seed)),
-                 out_shardings=shardings)()
+
+def _bytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize
+             for x in jax.tree_util.tree_leaves(tree))

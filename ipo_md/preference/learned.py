@@ -1,0 +1,295 @@
+"""Learned preference and reward models: T5 networks read out as p or r.
+
+The paper aligns its policy against a *learned* pairwise preference model
+p(y > y' | x): a T5 that reads the prompt and both responses and whose one
+designated decoder logit, through a sigmoid, is the probability that the
+first response is better (arXiv 2403.08635 §6; arXiv 2312.00886 App. G.1). Its
+RL baseline uses a Bradley-Terry reward model r(x, y) of the same network,
+read out as a scalar. Both are here, behind the protocols of
+`ipo_md.preference.base`, so the train step uses them exactly like the
+programmatic oracle.
+
+How a model reads its input. The pieces are laid out at token level,
+
+  pairwise: prefix + prompt + first + response_a + second + response_b
+            + suffix + EOS
+  reward:   prefix + prompt + first + response + suffix + EOS
+
+where prompt and responses lose their padding and their EOS (and anything
+after it), the kept tokens are packed to the left and the rest is padding.
+The template pieces are token ids, so any vocabulary works; `text_template`
+encodes strings with a seqio vocabulary (e.g. SteamSHP's "POST: ... RESPONSE
+A: ... RESPONSE B: ... Which response is better? RESPONSE" layout). The packed
+input must fit `input_length` for the longest prompt and responses the shapes
+allow, otherwise tracing raises a ValueError that names the length needed
+(whole-run validation traces every stage before the first one trains).
+
+The read-out is the decoder's first-step logits (decoder input: the start
+token 0): `readout=(t,)` gives sigmoid(logit[t]) (the papers' recipe) or the
+reward logit[t]; `readout=(a, b)` gives sigmoid(logit[a] - logit[b]), the
+probability of label token a over b, which is how text-to-text pairwise models
+such as SteamSHP ("A"/"B") answer, so their Hugging Face checkpoints work
+unchanged after `ipo-md convert --from_hf`.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ipo_md.model import network
+
+EOS_ID = 1
+PAD_ID = 0
+PREFERENCE_ROLE = "preference"
+REWARD_ROLE = "reward"
+
+Ids = tuple[int, ...]
+
+
+def _ids(value, name: str) -> Ids:
+  if isinstance(value, int):
+    value = (value,)
+  ids = tuple(value)
+  if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+             for i in ids):
+    raise ValueError(
+        f"{name}={value!r} must be a tuple of token ids (non-negative ints); "
+        "use learned.text_template(...) to encode strings.")
+  return ids
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Template:
+  """Token pieces around the prompt and the response(s) (see module doc).
+
+  Attributes:
+    prefix: ids before the prompt.
+    first: ids between the prompt and the (first) response.
+    second: ids between the first and the second response (pairwise only).
+    suffix: ids after the last response, before the final EOS.
+  """
+
+  prefix: Ids = ()
+  first: Ids = ()
+  second: Ids = ()
+  suffix: Ids = ()
+
+  def __post_init__(self):
+    for name in ("prefix", "first", "second", "suffix"):
+      object.__setattr__(self, name, _ids(getattr(self, name), name))
+
+
+def text_template(*, vocabulary, prefix: str = "", first: str = "",
+                  second: str = "", suffix: str = "") -> Template:
+  """A Template whose pieces are strings encoded with a seqio vocabulary."""
+  encode = lambda s: tuple(int(i) for i in vocabulary.encode(s)) if s else ()
+  return Template(prefix=encode(prefix), first=encode(first),
+                  second=encode(second), suffix=encode(suffix))
+
+
+def content_mask(tokens_BxL: jax.Array, eos_id: int = EOS_ID,
+                 pad_id: int = PAD_ID) -> jax.Array:
+  """True on the tokens a template keeps: non-pad, before the first EOS."""
+  before_eos = jnp.cumsum(tokens_BxL == eos_id, axis=1) == 0
+  return before_eos & (tokens_BxL != pad_id)
+
+
+def pack(segments: Sequence[jax.Array | Ids], length: int, *,
+         eos_id: int = EOS_ID, pad_id: int = PAD_ID,
+         what: str = "model input") -> jax.Array:
+  """Packs segments left-aligned into [B, length] ids, then EOS, then pad.
+
+  Args:
+    segments: [B, L_i] token arrays (their padding and EOS are dropped) or
+      tuples of ids (template pieces, kept whole).
+    length: the fixed output length.
+    eos_id / pad_id: special ids.
+    what: names the model in the error message.
+
+  Returns:
+    int32 [B, length].
+  """
+  batch = next(s.shape[0] for s in segments if not isinstance(s, tuple))
+  tokens, keep = [], []
+  for s in segments:
+    if isinstance(s, tuple):
+      if not s:
+        continue
+      piece = jnp.broadcast_to(jnp.asarray(s, jnp.int32), (batch, len(s)))
+      tokens.append(piece)
+      keep.append(jnp.ones(piece.shape, bool))
+    else:
+      tokens.append(s.astype(jnp.int32))
+      keep.append(content_mask(s, eos_id, pad_id))
+  needed = sum(t.shape[1] for t in tokens) + 1
+  if needed > length:
+    raise ValueError(
+        f"The {what} needs up to {needed} tokens (segments of "
+        f"{[t.shape[1] for t in tokens]} tokens: template pieces, prompt, "
+        f"responses; then EOS) but its input_length is {length}. Raise "
+        f"input_length to at least {needed}, or shorten the prompt/response "
+        "lengths.")
+  tokens_BxN = jnp.concatenate(tokens, axis=1)
+  keep_BxN = jnp.concatenate(keep, axis=1)
+  position_BxN = jnp.cumsum(keep_BxN, axis=1) - 1
+  target_BxN = jnp.where(keep_BxN, position_BxN, length)
+  rows = jnp.arange(batch)[:, None]
+  out = jnp.full((batch, length), pad_id, jnp.int32)
+  out = out.at[rows, target_BxN].set(tokens_BxN, mode="drop")
+  total_B = jnp.sum(keep_BxN, axis=1)
+  return out.at[jnp.arange(batch), total_B].set(eos_id)
+
+
+def _readout_ids(readout) -> Ids:
+  ids = _ids(readout, "readout")
+  if len(ids) not in (1, 2):
+    raise ValueError(
+        f"readout={readout!r} must be one token id (sigmoid of its logit) or "
+        "two (sigmoid of logit[a] - logit[b]).")
+  return ids
+
+
+def first_step_logits(net: network.Transformer, params,
+                      inputs_BxN: jax.Array) -> jax.Array:
+  """Decoder logits [B, V] at the first step (decoder input: start id 0)."""
+  start = jnp.zeros((inputs_BxN.shape[0], 1), jnp.int32)
+  logits = net.apply({"params": params}, inputs_BxN, start)
+  return logits[:, 0].astype(jnp.float32)
+
+
+def readout_score(logits_BxV: jax.Array, readout: Ids) -> jax.Array:
+  """logit[a] (one id) or logit[a] - logit[b] (two ids), [B] float32."""
+  score = logits_BxV[:, readout[0]]
+  if len(readout) == 2:
+    score = score - logits_BxV[:, readout[1]]
+  return score
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairwiseHead:
+  """How a T5 is read as a pairwise preference model.
+
+  Attributes:
+    input_length: the encoder input length of the packed (x, y, y').
+    readout: (t,) for sigmoid(logit[t]), or (a, b) for sigmoid(logit[a] -
+      logit[b]) (text-to-text label tokens, e.g. "A" and "B").
+    template: the token pieces around prompt and responses.
+  """
+
+  input_length: int
+  readout: Ids
+  template: Template = Template()
+
+  def __post_init__(self):
+    object.__setattr__(self, "readout", _readout_ids(self.readout))
+    if not isinstance(self.input_length, int) or self.input_length < 2:
+      raise ValueError(
+          f"PairwiseHead.input_length={self.input_length!r} must be an int "
+          ">= 2.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardHead:
+  """How a T5 is read as a reward model r(x, y) (a scalar logit).
+
+  Attributes:
+    input_length: the encoder input length of the packed (x, y).
+    readout: (t,): the reward is logit[t] of the first decoder step.
+    template: token pieces (`second` is unused).
+  """
+
+  input_length: int
+  readout: Ids
+  template: Template = Template()
+
+  def __post_init__(self):
+    object.__setattr__(self, "readout", _readout_ids(self.readout))
+    if len(self.readout) != 1:
+      raise ValueError(
+          f"RewardHead.readout={self.readout} must be one token id: the "
+          "reward is that token's logit.")
+    if not isinstance(self.input_length, int) or self.input_length < 2:
+      raise ValueError(
+          f"RewardHead.input_length={self.input_length!r} must be an int "
+          ">= 2.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreferenceModel:
+  """A learned p(y > y' | x): a PreferenceSignal whose params are the
+  `preference` role's frozen tree (or the trained params of a PM stage)."""
+
+  network: network.Transformer
+  head: PairwiseHead
+  role: str = PREFERENCE_ROLE
+
+  @property
+  def vocab_size(self) -> int:
+    return self.network.config.vocab_size
+
+  def pack(self, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
+    t = self.head.template
+    return pack((t.prefix, inputs_BxLi, t.first, y_BxT, t.second, yp_BxT,
+                 t.suffix), self.head.input_length,
+                what="preference model input")
+
+  def logit(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
+    """The logit of p(y > y' | x), [B] float32."""
+    packed = self.pack(inputs_BxLi, y_BxT, yp_BxT)
+    logits = first_step_logits(self.network, params, packed)
+    return readout_score(logits, self.head.readout)
+
+  def __call__(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
+    return jax.nn.sigmoid(self.logit(params, inputs_BxLi, y_BxT, yp_BxT))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardModel:
+  """A learned Bradley-Terry reward r(x, y): a RewardSignal over the
+  `reward` role's frozen tree (or the trained params of an RM stage)."""
+
+  network: network.Transformer
+  head: RewardHead
+  role: str = REWARD_ROLE
+
+  @property
+  def vocab_size(self) -> int:
+    return self.network.config.vocab_size
+
+  def pack(self, inputs_BxLi, y_BxT) -> jax.Array:
+    t = self.head.template
+    return pack((t.prefix, inputs_BxLi, t.first, y_BxT, t.suffix),
+                self.head.input_length, what="reward model input")
+
+  def __call__(self, params, inputs_BxLi, y_BxT) -> jax.Array:
+    """r(x, y), [B] float32."""
+    logits = first_step_logits(self.network, params,
+                               self.pack(inputs_BxLi, y_BxT))
+    return readout_score(logits, self.head.readout)
+
+  def preference(self) -> "BradleyTerryPreference":
+    return BradleyTerryPreference(reward_model=self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BradleyTerryPreference:
+  """The preference a reward model implies: sigmoid(r(x, y) - r(x, y')).
+
+  It is antisymmetric by construction; its params are the reward model's.
+  """
+
+  reward_model: RewardModel
+  role: str = REWARD_ROLE
+
+  @property
+  def vocab_size(self) -> int:
+    return self.reward_model.vocab_size
+
+  def __call__(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
+    b = inputs_BxLi.shape[0]
+    both = self.reward_model(
+        params, jnp.concatenate([inputs_BxLi, inputs_BxLi], axis=0),
+        jnp.concatenate([y_BxT, yp_BxT], axis=0))
+    return jax.nn.sigmoid(both[:b] - both[b:])

@@ -18,7 +18,10 @@
 * `tldr_prompts`: the same prompts, with the human summary kept as "targets"
   for evaluation.
 * `tldr_comparisons`: prompt -> (chosen, rejected) from the human comparisons,
-  split by their "split" field (`tldr.COMPARISON_SPLITS`).
+  split by their "split" field (`tldr.COMPARISON_SPLITS`). The human choice
+  is a hard label, so pair batches carry label = 1.0 (p(chosen > rejected));
+  `min_confidence` keeps only confident choices rather than softening them.
+  A split that keeps no line is an error naming the "split" values found.
 
 The files are read when a task is used, not when it is registered, so the
 registration needs no data; the locations come from `register_tldr_tasks`.
@@ -48,7 +51,8 @@ def _comparisons_dataset_fn(split, shuffle_files, seed=None, *,
   del shuffle_files, seed
   records = tldr.read_comparisons(
       tldr.comparison_paths(comparisons_dir, pattern), splits=splits[split],
-      min_confidence=min_confidence, on_bad_example=on_bad_example)
+      min_confidence=min_confidence, on_bad_example=on_bad_example,
+      seqio_split=split)
   return registration.records_dataset(records, tldr.COMPARISON_KEYS)
 
 
@@ -104,5 +108,6 @@ def register_tldr_tasks(
     registration.register_task(
         name, kind=kind, vocabulary=vocabulary,
         source=comparisons_source if kind == "pairs" else sft_source,
-        token_preprocessors=(preprocessors.tokenize_segments,))
+        token_preprocessors=(preprocessors.tokenize_segments,),
+        configured_by="ipo_md_tasks.register_tldr_tasks")
   return tuple(names.values())

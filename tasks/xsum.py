@@ -69,5 +69,6 @@ def register_xsum_tasks(
   for name, kind in zip(names, ("sft", "prompts")):
     registration.register_task(
         name, kind=kind, source=source, vocabulary=vocabulary,
-        text_preprocessors=text_preprocessors)
+        text_preprocessors=text_preprocessors,
+        configured_by="ipo_md_tasks.register_xsum_tasks")
   return names

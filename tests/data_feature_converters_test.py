@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from ipo_md.data import errors
 from ipo_md.data import feature_converters as fc
 import numpy as np
 
@@ -126,6 +127,56 @@ class ConvertExamplesTest(absltest.TestCase):
         ValueError, r"tldr_sft:train: example 1, feature 'inputs'"):
       fc.convert_examples(examples, {"inputs": 2}, eos_id=EOS,
                           description="tldr_sft:train")
+
+
+class ScalarFeaturesTest(absltest.TestCase):
+
+  def _pairs(self, *scalars):
+    return [{"inputs": np.array([3, EOS]), "chosen": np.array([4, EOS]),
+             "rejected": np.array([5, EOS]), **extra} for extra in scalars]
+
+  def _convert(self, examples):
+    return fc.convert_examples(
+        examples, {"inputs": 2, "chosen": 2, "rejected": 2}, eos_id=EOS,
+        scalars=fc.SCALARS[fc.PAIRS], description="t:train")
+
+  def test_label_defaults_to_one_and_gold_pref_is_optional(self):
+    out = self._convert(self._pairs({}, {}))
+    self.assertEqual(set(out.scalars), {"label"})
+    np.testing.assert_array_equal(out.scalars["label"], [1.0, 1.0])
+    self.assertEqual(out.scalars["label"].dtype, np.float32)
+    out = self._convert(self._pairs(
+        {"label": np.float32(0.25), "gold_pref": np.float32(0.75)},
+        {"label": np.float32(1.0), "gold_pref": np.float32(0.5)}))
+    np.testing.assert_array_equal(out.scalars["label"], [0.25, 1.0])
+    np.testing.assert_array_equal(out.scalars["gold_pref"], [0.75, 0.5])
+    empty = self._convert([])
+    self.assertEqual({k: v.shape for k, v in empty.scalars.items()},
+                     {"label": (0,)})
+
+  def test_bad_scalars_name_the_example(self):
+    with self.assertRaisesRegex(
+        errors.DataError, r"t:train: example 1, feature 'label' is 1.5; it "
+        r"must be a probability in \[0, 1\]"):
+      self._convert(self._pairs({"label": 0.5}, {"label": 1.5}))
+    with self.assertRaisesRegex(errors.DataError, "example 0, feature "
+                                "'gold_pref' is nan"):
+      self._convert(self._pairs({"gold_pref": float("nan")}))
+    with self.assertRaisesRegex(
+        errors.DataError, r"example 1 has the float features \[\] but "
+        r"example 0 has \['gold_pref'\]"):
+      self._convert(self._pairs({"gold_pref": 0.5}, {}))
+
+  def test_truncation_summary(self):
+    examples = [{"inputs": np.array([3, 4, 5, EOS]), "targets": np.array(
+        [EOS])}] + [{"inputs": np.array([3, EOS]),
+                     "targets": np.array([EOS])}] * 7
+    out = fc.convert_examples(examples, {"inputs": 3, "targets": 4},
+                              eos_id=EOS)
+    self.assertEqual(
+        out.truncation_summary("tldr_sft:train"),
+        "tldr_sft:train: inputs truncated in 12.5% of 8 examples (3 tokens), "
+        "targets in 0.0% (4 tokens)")
 
 
 if __name__ == "__main__":

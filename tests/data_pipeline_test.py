@@ -4,6 +4,7 @@ import itertools
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from ipo_md.data import errors
 from ipo_md.data import feature_converters
 from ipo_md.data import pipeline
 from ipo_md.data import registration
@@ -132,6 +133,7 @@ class DataConfigTest(parameterized.TestCase):
       ("seed", dict(seed=-1), "seed=-1"),
       ("task", dict(task=""), "DataConfig.task"),
       ("lengths", dict(feature_lengths={"inputs": 16}), "needs the keys"),
+      ("max_examples", dict(max_examples=0), "max_examples=0 must be >= 1"),
   )
   def test_invalid(self, overrides, message):
     with self.assertRaisesRegex(ValueError, message):
@@ -196,6 +198,52 @@ class MakeIteratorTest(absltest.TestCase):
     batch = next(it)
     self.assertTrue(np.all(batch["inputs"][:, -1] == 1))
     self.assertEqual(it.truncation["inputs"], 4)
+
+  def test_max_examples_and_truncation_summary(self):
+    it = pipeline.make_iterator(self._config(
+        feature_lengths={"inputs": 4, "targets": 12}, max_examples=10))
+    self.assertEqual(it.num_examples, 10)
+    cut = sum(len(self.vocabulary.encode(r["targets"])) + 1 > 12
+              for r in self.records[:10])
+    self.assertEqual(cut, 2)
+    self.assertEqual(
+        it.truncation_summary(),
+        f"{TASK}:train: inputs truncated in 100.0% of 10 examples (4 tokens),"
+        " targets in 20.0% (12 tokens)")
+    self.assertLen(pipeline.load_batch(self._config(max_examples=3), 3)[
+        "inputs"], 3)
+    with self.assertRaisesRegex(ValueError, "only 3 examples"):
+      pipeline.load_batch(self._config(max_examples=3), 4)
+
+  def test_kind_and_vocabulary(self):
+    self.assertEqual(pipeline.task_kind(TASK), "sft")
+    self.assertEqual(pipeline.kinds_served(TASK), ("sft", "prompts"))
+    self.assertIs(pipeline.task_vocabulary(TASK), self.vocabulary)
+    self.assertIs(pipeline.validate_config(self._config(), vocab_size=512),
+                  self.vocabulary)
+    with self.assertRaisesRegex(errors.DataError,
+                                f"Did you mean '{TASK}'"):
+      pipeline.task_kind("test_pipeline_stf")
+
+  def test_missing_vocabulary_names_the_file(self):
+    rows = [{"inputs": "a b", "targets": "c"}]
+    registration.register_task(
+        "test_pipeline_no_vocab", kind="sft",
+        vocabulary=vocab.sentencepiece_vocabulary("/no/such/spm.model", 0),
+        source=seqio.FunctionDataSource(
+            lambda split, shuffle_files, seed=None:
+            registration.records_dataset(rows, ("inputs", "targets")),
+            splits=("train",)),
+        configured_by="ipo_md_tasks.register_tldr_tasks")
+    self.addCleanup(seqio.TaskRegistry.remove, "test_pipeline_no_vocab")
+    message = (r"Task 'test_pipeline_no_vocab': cannot read its vocabulary "
+               r"/no/such/spm.model \(NotFoundError: .*\)\. Set "
+               r"vocabulary_path of ipo_md_tasks.register_tldr_tasks \(gin: "
+               r"ipo_md_tasks.register_tldr_tasks.vocabulary_path = ")
+    with self.assertRaisesRegex(errors.DataError, message):
+      pipeline.task_vocabulary("test_pipeline_no_vocab")
+    with self.assertRaisesRegex(errors.DataError, message):
+      pipeline.make_iterator(self._config(task="test_pipeline_no_vocab"))
 
   def test_errors_at_creation(self):
     with self.assertRaisesRegex(ValueError, "import ipo_md_tasks"):

@@ -6,6 +6,7 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from ipo_md.data import errors
 from ipo_md.data import tldr
 
 from tests.testdata import make_testdata
@@ -87,6 +88,29 @@ class ReadSftTest(parameterized.TestCase):
     self.assertLen(records, 2)
     self.assertIn("Skipped 1 bad lines", logs.output[0])
 
+  def test_non_utf8_line_names_file_line_and_fix(self):
+    path = self.dir / "latin1.jsonl"
+    lines = [json.dumps(r) for r in self.rows]
+    latin1 = lines[1].replace('"title": "', '"title": "caf\u00e9 ')
+    path.write_bytes((lines[0] + "\n" + latin1 + "\n").encode("latin1"))
+    with self.assertRaisesRegex(
+        errors.DataError, r"latin1\.jsonl, line 2: field '<line>' is not "
+        r"UTF-8 \(byte b'\\xe9' at column \d+\); re-encode the file as "
+        r"UTF-8 .*on_bad_example='skip'"):
+      tldr.read_sft(str(path))
+    self.assertLen(tldr.read_sft(str(path), on_bad_example="skip"), 1)
+
+  def test_empty_file_is_an_error(self):
+    for text in ("", "\n  \n"):
+      path = self.dir / "empty.jsonl"
+      path.write_text(text)
+      with self.assertRaisesRegex(
+          errors.DataError, r"empty\.jsonl is empty: it has no JSON lines.*"
+          "openaipublic"):
+        tldr.read_sft(str(path))
+    with self.assertRaisesRegex(errors.DataError, "is a folder"):
+      tldr.read_sft(str(self.dir))
+
   def test_missing_file_says_where_to_get_it(self):
     with self.assertRaisesRegex(FileNotFoundError,
                                 r"nope\.jsonl: no such file.*openaipublic"):
@@ -157,6 +181,30 @@ class ReadComparisonsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, r"batch1\.json, line 4: "
                                 + message):
       tldr.read_comparisons(paths, splits=("train",))
+
+  def test_no_line_of_the_split_names_the_values_found(self):
+    rows = [dict(r, split="unknown") for r in self.rows]
+    rows[0]["split"] = "valid2"
+    with self.assertRaises(errors.DataError) as ctx:
+      tldr.read_comparisons(self._paths(rows), splits=("valid1",),
+                            seqio_split="validation")
+    self.assertEqual(
+        str(ctx.exception),
+        f"No TL;DR comparison for split 'validation' in 1 file(s) "
+        f"({self.dir / 'batch1.json'}): it keeps lines whose \"split\" field "
+        "is in ['valid1'], and the files have the split values {'unknown': 5,"
+        " 'valid2': 1} (lines per value). Map the task splits to the values "
+        "of your files with comparison_splits (default {'train': ('train',), "
+        "'validation': ('valid1',), 'test': ('valid2',)}), e.g. gin: "
+        "ipo_md_tasks.register_tldr_tasks.comparison_splits = {'validation': "
+        "('unknown',)}.")
+
+  def test_min_confidence_that_keeps_nothing_says_so(self):
+    with self.assertRaisesRegex(
+        errors.DataError, r"all have extra.confidence below min_confidence=10"
+        r".*min_confidence = None"):
+      tldr.read_comparisons(self._paths(self.rows), splits=("train",),
+                            min_confidence=10)
 
   def test_locations(self):
     with self.assertRaisesRegex(ValueError, "comparisons_dir=DIR"):

@@ -18,7 +18,11 @@ The trainer sees three kinds of batch (all int32, 0 = padding):
 
 * `sft`: `inputs` [batch, Li], `targets` [batch, Lt];
 * `pairs`: `inputs` [batch, Li], `chosen` and `rejected` [batch, Lt], one
-  encoder input shared by both responses;
+  encoder input shared by both responses, plus float32 [batch] `label`, the
+  soft label p(chosen > rejected) the data gives (1.0, chosen preferred, when
+  the task has no "label" feature: TL;DR human choices are hard labels), and
+  `gold_pref`, the gold oracle's p(chosen > rejected), when the task provides
+  it (the synthetic comparisons do);
 * `prompts`: `inputs` [batch, Li], plus `targets` [batch, Lt] (the reference)
   when `feature_lengths` names a "targets" length.
 
@@ -39,7 +43,9 @@ every check here runs before training starts.
 
 from collections.abc import Collection, Iterable, Mapping
 import dataclasses
+import math
 
+from ipo_md.data import errors
 import numpy as np
 
 SFT = "sft"
@@ -55,6 +61,9 @@ _REQUIRED = {
 }
 # Features a kind carries only when `feature_lengths` names their length key.
 _OPTIONAL = {SFT: {}, PAIRS: {}, PROMPTS: {"targets": "targets"}}
+# Float scalar features per kind -> the value when the task lacks the feature
+# (None: carried only when the task has it). All are probabilities.
+SCALARS = {SFT: {}, PAIRS: {"label": 1.0, "gold_pref": None}, PROMPTS: {}}
 
 # Suffix of the optional [start, end) span feature that truncation may shorten.
 BODY_SPAN_SUFFIX = "_body_span"
@@ -64,13 +73,13 @@ PAD_ID = 0
 def validate_feature_lengths(kind: str, feature_lengths: Mapping[str, int]):
   """Raises ValueError unless `feature_lengths` fits batch kind `kind`."""
   if kind not in KINDS:
-    raise ValueError(
+    raise errors.DataError(
         f"kind={kind!r} is not a batch kind; choose one of {KINDS}.")
   required = set(_REQUIRED[kind].values())
   allowed = required | set(_OPTIONAL[kind].values())
   keys = set(feature_lengths)
   if not required <= keys or not keys <= allowed:
-    raise ValueError(
+    raise errors.DataError(
         f"feature_lengths={dict(feature_lengths)} does not fit kind={kind!r}: "
         f"it needs the keys {sorted(required)}"
         + (f" and may add {sorted(allowed - required)}" if allowed > required
@@ -79,11 +88,11 @@ def validate_feature_lengths(kind: str, feature_lengths: Mapping[str, int]):
     )
   for key, length in feature_lengths.items():
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
-      raise ValueError(
+      raise errors.DataError(
           f"feature_lengths[{key!r}]={length!r} must be an int, e.g. 512."
       )
     if length < 2:
-      raise ValueError(
+      raise errors.DataError(
           f"feature_lengths[{key!r}]={length} must be >= 2 (at least one "
           "token plus EOS)."
       )
@@ -118,7 +127,7 @@ def batch_lengths(
         PROMPTS: "drop 'targets' from feature_lengths or use a task with "
                  "references",
     }[kind]
-    raise ValueError(
+    raise errors.DataError(
         f"Task {task_name!r} has features {sorted(task_features)} but "
         f"kind={kind!r} needs {missing}; {hint}."
     )
@@ -154,7 +163,7 @@ def fit_to_length(
       start, end = int(body_span[0]), int(body_span[1])
     excess = n - length
     if end - start < excess:
-      raise ValueError(
+      raise errors.DataError(
           f"length {length} is too short: the parts that must be kept take "
           f"{n - (end - start)} tokens (of {n}); raise the length to at "
           f"least {n - (end - start) + 1}."
@@ -172,14 +181,33 @@ class ConvertedExamples:
   Attributes:
     arrays: feature -> [num_examples, length] token ids (0 = padding).
     truncated: feature -> [num_examples] bool, True where tokens were dropped.
+    scalars: feature -> [num_examples] float32 (see `SCALARS`).
   """
 
   arrays: dict[str, np.ndarray]
   truncated: dict[str, np.ndarray]
+  scalars: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def num_examples(self) -> int:
     return next(iter(self.arrays.values())).shape[0]
+
+  def truncation_summary(self, description: str) -> str:
+    """One line for the console, e.g. "tldr_sft:train: inputs truncated in
+    7.1% of 116722 examples (512 tokens), targets in 0.0% (64 tokens)"."""
+    n = self.num_examples
+    parts = []
+    for feature, flags in self.truncated.items():
+      rate = float(flags.mean()) if n else 0.0
+      length = self.arrays[feature].shape[1]
+      parts.append(f"{feature} in {rate:.1%}" + (
+          f" of {n} examples" if not parts else "") + f" ({length} tokens)")
+    if not parts:
+      return f"{description}: no token features."
+    first, *rest = parts
+    feature, _, tail = first.partition(" in ")
+    return (f"{description}: {feature} truncated in {tail}"
+            + "".join(f", {p}" for p in rest))
 
 
 def convert_examples(
@@ -189,22 +217,27 @@ def convert_examples(
     eos_id: int,
     dtype=np.int32,
     description: str = "examples",
+    scalars: Mapping[str, float | None] | None = None,
 ) -> ConvertedExamples:
   """Fits every feature of every example to its length (module policy).
 
   Args:
     examples: tokenized examples (feature -> [n] ids; extra keys ignored,
-      except the `<feature>_body_span` spans).
+      except the `<feature>_body_span` spans and the `scalars`).
     lengths: feature -> fixed length, as from `batch_lengths`.
     eos_id: the vocabulary's EOS id.
     dtype: storage dtype of the arrays (uint16 halves memory for T5).
     description: names the source in error messages, e.g. "tldr_sft:train".
+    scalars: float features to carry -> value when the examples lack it, or
+      None to carry it only when they have it (`SCALARS[kind]`); each must
+      be a probability in [0, 1].
 
   Returns:
-    The arrays and per-example truncation flags.
+    The arrays, per-example truncation flags and scalar features.
   """
   rows = {f: [] for f in lengths}
   flags = {f: [] for f in lengths}
+  values = _ScalarCollector(scalars or {}, description)
   for index, example in enumerate(examples):
     for feature, length in lengths.items():
       try:
@@ -212,13 +245,51 @@ def convert_examples(
             example[feature], length, eos_id=eos_id,
             body_span=example.get(feature + BODY_SPAN_SUFFIX))
       except ValueError as e:
-        raise ValueError(
+        raise errors.DataError(
             f"{description}: example {index}, feature {feature!r}: {e}"
         ) from None
       rows[feature].append(fitted.astype(dtype))
       flags[feature].append(cut)
+    values.add(index, example)
   return ConvertedExamples(
       arrays={f: np.stack(r) if r else np.zeros((0, lengths[f]), dtype)
               for f, r in rows.items()},
       truncated={f: np.asarray(v, dtype=bool) for f, v in flags.items()},
+      scalars=values.arrays(),
   )
+
+
+class _ScalarCollector:
+  """Gathers the float features of examples; the first example decides which
+  optional ones are carried, and every later one must agree."""
+
+  def __init__(self, defaults: Mapping[str, float | None], description: str):
+    self._defaults = dict(defaults)
+    self._description = description
+    self._present: set[str] | None = None
+    self._values: dict[str, list[float]] = {}
+
+  def add(self, index: int, example: Mapping[str, object]) -> None:
+    present = {f for f in self._defaults if f in example}
+    if self._present is None:
+      self._present = present
+      self._values = {f: [] for f in self._defaults
+                      if f in present or self._defaults[f] is not None}
+    elif present != self._present:
+      raise errors.DataError(
+          f"{self._description}: example {index} has the float features "
+          f"{sorted(present)} but example 0 has {sorted(self._present)}; "
+          "every example of a task must have the same features.")
+    for feature, out in self._values.items():
+      value = float(example.get(feature, self._defaults[feature]))
+      if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise errors.DataError(
+            f"{self._description}: example {index}, feature {feature!r} is "
+            f"{value}; it must be a probability in [0, 1] (fix the data).")
+      out.append(value)
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    if self._present is None:  # No examples: carry the defaulted features.
+      return {f: np.zeros((0,), np.float32)
+              for f, d in self._defaults.items() if d is not None}
+    return {f: np.asarray(v, np.float32) for f, v in self._values.items()}

@@ -26,16 +26,18 @@ import json
 from typing import Any
 
 from absl import logging
+from ipo_md.data import errors
 import tensorflow as tf
 
 RAISE = "raise"
 SKIP = "skip"
 ON_BAD_EXAMPLE = (RAISE, SKIP)
-_SKIP_HINT = ("fix or delete the line, or pass on_bad_example='skip' to drop "
-              "bad lines with a warning")
+_SKIP_HINT = ("fix or delete the line, or drop bad lines with a warning: "
+              "on_bad_example='skip' (gin: ipo_md_tasks.register_tldr_tasks."
+              "on_bad_example = 'skip')")
 
 
-class BadRecordError(ValueError):
+class BadRecordError(errors.DataError):
   """One field of one record is unusable."""
 
   def __init__(self, field: str, problem: str):
@@ -46,7 +48,7 @@ class BadRecordError(ValueError):
 
 def check_on_bad_example(value: str) -> None:
   if value not in ON_BAD_EXAMPLE:
-    raise ValueError(
+    raise errors.DataError(
         f"on_bad_example={value!r} must be one of {ON_BAD_EXAMPLE}.")
 
 
@@ -92,37 +94,60 @@ def read_records(
     parse: JSON object -> record, or None to leave it out on purpose (e.g.
       another split); raises BadRecordError for an unusable line.
     on_bad_example: "raise" (the default) or "skip".
-    missing_hint: appended to the error when the file does not exist, e.g.
-      where to download it.
+    missing_hint: appended to the error when the file does not exist or is
+      empty, e.g. where to download it.
 
   Returns:
     The parsed records, in file order.
+
+  Raises:
+    MissingDataError: the file does not exist.
+    DataError: the file has no JSON line, or (with "raise") a line is not
+      UTF-8, not a JSON object or not what `parse` accepts.
   """
   check_on_bad_example(on_bad_example)
   if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path}: no such file. {missing_hint}".strip())
-  records, bad = [], []
-  with tf.io.gfile.GFile(path, "r") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
+    raise errors.MissingDataError(
+        f"{path}: no such file. {missing_hint}".strip())
+  if tf.io.gfile.isdir(path):
+    raise errors.DataError(
+        f"{path} is a folder, not a JSON-lines file. {missing_hint}".strip())
+  records, bad, num_lines = [], [], 0
+  # Bytes, decoded line by line, so that a non-UTF-8 line is reported with
+  # its number instead of failing the whole read.
+  with tf.io.gfile.GFile(path, "rb") as f:
+    for line_number, raw in enumerate(f, start=1):
+      if not raw.strip():
         continue
+      num_lines += 1
       try:
-        record = parse(_load_object(line))
+        record = parse(_load_object(raw))
       except BadRecordError as e:
         message = f"{path}, line {line_number}: {e}"
         if on_bad_example == RAISE:
-          raise ValueError(f"{message}; {_SKIP_HINT}.") from None
+          raise errors.DataError(f"{message}; {_SKIP_HINT}.") from None
         bad.append(message)
         continue
       if record is not None:
         records.append(record)
+  if not num_lines:
+    raise errors.DataError(
+        f"{path} is empty: it has no JSON lines. Point the task at the "
+        f"complete file. {missing_hint}".strip())
   if bad:
     logging.warning("Skipped %d bad lines of %s (on_bad_example='skip'); "
                     "the first: %s", len(bad), path, bad[0])
   return records
 
 
-def _load_object(line: str) -> Mapping[str, Any]:
+def _load_object(raw: bytes) -> Mapping[str, Any]:
+  try:
+    line = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise BadRecordError(
+        "<line>", f"is not UTF-8 (byte {raw[e.start:e.start + 1]!r} at "
+        f"column {e.start + 1}); re-encode the file as UTF-8 (e.g. `iconv "
+        "-f latin1 -t utf-8`)") from None
   try:
     value = json.loads(line)
   except json.JSONDecodeError as e:

@@ -23,11 +23,17 @@ point a task at new data locations.
 
 from collections.abc import Callable, Mapping, Sequence
 
+from ipo_md.data import errors
 from ipo_md.data import feature_converters
 import seqio
 import tensorflow as tf
 
 Preprocessor = Callable[..., tf.data.Dataset]
+
+# Task name -> its batch kind and the function that registered it (for error
+# messages that name the option to set), filled by `register_task`.
+_KINDS: dict[str, str] = {}
+_CONFIGURED_BY: dict[str, str] = {}
 
 
 def output_features(
@@ -39,7 +45,7 @@ def output_features(
   optionally, targets (references for evaluation). All get EOS.
   """
   if kind not in feature_converters.KINDS:
-    raise ValueError(
+    raise errors.DataError(
         f"kind={kind!r} is not a batch kind; choose one of "
         f"{feature_converters.KINDS}.")
   names = {
@@ -64,6 +70,7 @@ def register_task(
     vocabulary: seqio.Vocabulary,
     text_preprocessors: Sequence[Preprocessor] = (),
     token_preprocessors: Sequence[Preprocessor] = (),
+    configured_by: str | None = None,
 ) -> seqio.Task:
   """Registers (or replaces) seqio task `name`.
 
@@ -75,12 +82,19 @@ def register_task(
     text_preprocessors: string -> string steps, before tokenization.
     token_preprocessors: steps after tokenization and before EOS, e.g.
       `preprocessors.tokenize_segments`.
+    configured_by: the registration function users configure, e.g.
+      "ipo_md_tasks.register_tldr_tasks"; errors name it.
 
   Returns:
     The registered task.
   """
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
+  _KINDS[name] = kind
+  if configured_by:
+    _CONFIGURED_BY[name] = configured_by
+  else:
+    _CONFIGURED_BY.pop(name, None)
   return seqio.TaskRegistry.add(
       name,
       source=source,
@@ -94,10 +108,33 @@ def register_task(
   )
 
 
+def registered_kind(name: str) -> str | None:
+  """The batch kind task `name` was registered with here, or None."""
+  return _KINDS.get(name)
+
+
+def configured_by(name: str) -> str | None:
+  """The registration function that configures task `name`, or None."""
+  return _CONFIGURED_BY.get(name)
+
+
 def records_dataset(
-    records: Sequence[Mapping[str, str]], keys: Sequence[str]
+    records: Sequence[Mapping[str, object]],
+    keys: Sequence[str],
+    float_keys: Sequence[str] = (),
 ) -> tf.data.Dataset:
-  """A dataset of string features `keys` from in-memory records, in order."""
-  return tf.data.Dataset.from_tensor_slices(
-      {k: tf.constant([r[k] for r in records], dtype=tf.string)
-       for k in keys})
+  """A dataset of in-memory records, in order.
+
+  Args:
+    records: one mapping per example.
+    keys: string features (texts).
+    float_keys: float32 scalar features, e.g. the soft label of a pair.
+
+  Returns:
+    The dataset of those features.
+  """
+  features = {k: tf.constant([r[k] for r in records], dtype=tf.string)
+              for k in keys}
+  features.update({k: tf.constant([r[k] for r in records], dtype=tf.float32)
+                   for k in float_keys})
+  return tf.data.Dataset.from_tensor_slices(features)

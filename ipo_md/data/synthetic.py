@@ -21,8 +21,10 @@ vocabulary ships with the package (`assets/synthetic_words.model`) and
 
 import functools
 import io
+import math
 import pathlib
 
+from ipo_md.data import errors
 import numpy as np
 
 NAMES = (
@@ -100,14 +102,18 @@ def _invented_fact(rng, facts, sentences) -> tuple[str, str, str]:
       return cand
 
 
-def _noisy_summary(rng, facts, sentences) -> str:
-  kept = [f for f in facts if rng.random() < P_KEEP_FACT]
+def _noisy_summary(rng, facts, sentences, *, p_keep: float = P_KEEP_FACT,
+                   p_invent: float = P_INVENT,
+                   p_repeat: float = P_REPEAT) -> str:
+  """A summary that keeps each fact with probability `p_keep` (at least one),
+  may invent one fact and may repeat one clause."""
+  kept = [f for f in facts if rng.random() < p_keep]
   if not kept:
     kept = [facts[rng.integers(len(facts))]]
-  if rng.random() < P_INVENT:
+  if rng.random() < p_invent:
     kept.insert(int(rng.integers(len(kept) + 1)),
                 _invented_fact(rng, facts, sentences))
-  if rng.random() < P_REPEAT:
+  if rng.random() < p_repeat:
     kept.append(kept[rng.integers(len(kept))])
   return " ".join(summary_clause(*f) for f in kept)
 
@@ -119,7 +125,7 @@ def example(split: str, index: int) -> dict[str, str]:
   evaluation and tests only; training never sees it).
   """
   if split not in _SPLIT_SEEDS:
-    raise ValueError(
+    raise errors.DataError(
         f"Unknown split {split!r} of the synthetic task; choose one of "
         f"{tuple(_SPLIT_SEEDS)}."
     )
@@ -140,7 +146,7 @@ def generate(split: str, num_examples: int | None = None,
   shuffling is the data pipeline's job.
   """
   if seed != 0:
-    raise ValueError(
+    raise errors.DataError(
         f"The synthetic splits are fixed; seed={seed} is not supported. Set "
         "the shuffle seed of the data pipeline instead."
     )
@@ -149,11 +155,222 @@ def generate(split: str, num_examples: int | None = None,
     example(split, 0)  # Raises the unknown-split error.
   n = size if num_examples is None else num_examples
   if not 0 <= n <= size:
-    raise ValueError(
+    raise errors.DataError(
         f"num_examples={num_examples} must be in [0, {size}] for split "
         f"{split!r}."
     )
   return [example(split, i) for i in range(n)]
+
+
+# The gold oracle of the comparisons: the defaults of
+# `ipo_md.preference.oracle.FactsOracle` (a test checks that they agree).
+GOLD_BT_SCALE = 2.0
+INVENTED_WEIGHT = 1.0
+REPEAT_WEIGHT = 0.5
+LENGTH_WEIGHT = 0.25
+# Length budget of a summary: a perfect clause "NAME COLOR OBJECT ." per fact.
+TOKENS_PER_FACT = 4
+# Comparisons per document; documents are those of the SFT splits.
+COMPARISONS_PER_DOCUMENT = {"train": 4, "validation": 2}
+COMPARISON_SIZES = {"train": 4 * TRAIN_SIZE, "validation": 2 * VALIDATION_SIZE}
+# Probability that an annotator's label is flipped after its Bernoulli draw.
+LABEL_FLIP_RATE = 0.0
+# A candidate of quality q ~ U(0, 1) keeps each fact with probability
+# 1 - 0.7 (1 - q), invents a fact with 0.7 (1 - q) and repeats with
+# 0.4 (1 - q): q = 1 is the perfect summary, q = 0 worse than the references.
+_MAX_DROP, _MAX_INVENT, _MAX_REPEAT = 0.7, 0.7, 0.4
+# Seed of the candidate and label draws, apart from the documents' seeds.
+_COMPARISON_SEED = 3
+_MAX_REDRAWS = 8
+
+
+def summary_counts(document: str, summary: str) -> dict[str, int]:
+  """What the gold oracle counts in `summary`, in plain Python on words.
+
+  The same counts as `ipo_md.preference.oracle.FactsOracle.components` on the
+  tokenized texts (every word is one token of the task's vocabulary): a fact
+  of the document is "NAME owns a COLOR OBJECT"; a claim of the summary is
+  any "NAME COLOR OBJECT" word trigram; a claim equal to an earlier one is a
+  repeat. `ipo_md.data` may not import the oracle, hence this twin.
+
+  Returns:
+    {"covered", "invented", "repeated", "over_budget", "num_facts",
+    "length"}: distinct true claims, claims not in the document (repeats
+    included), repeats of true claims, words beyond TOKENS_PER_FACT per fact,
+    facts of the document, words of the summary.
+  """
+  return _counts(_facts_of(document), summary)
+
+
+def _facts_of(document: str) -> list[tuple[str, str, str]]:
+  """(name, color, object) of every "NAME owns a COLOR OBJECT" in order."""
+  doc = document.split()
+  return [(doc[i], doc[i + 3], doc[i + 4]) for i in range(len(doc) - 4)
+          if doc[i] in _NAME_SET and doc[i + 1] == "owns"
+          and doc[i + 2] == "a" and doc[i + 3] in _COLOR_SET
+          and doc[i + 4] in _OBJECT_SET]
+
+
+def _counts(facts: list[tuple[str, str, str]], summary: str) -> dict[str, int]:
+  words = summary.split()
+  true, seen = set(facts), set()
+  covered = invented = repeated = 0
+  for i in range(len(words) - 2):
+    claim = (words[i], words[i + 1], words[i + 2])
+    if not (claim[0] in _NAME_SET and claim[1] in _COLOR_SET
+            and claim[2] in _OBJECT_SET):
+      continue
+    if claim not in true:
+      invented += 1
+    elif claim in seen:
+      repeated += 1
+    else:
+      covered += 1
+    seen.add(claim)
+  return {
+      "covered": covered, "invented": invented, "repeated": repeated,
+      "over_budget": max(len(words) - TOKENS_PER_FACT * len(facts), 0),
+      "num_facts": len(facts), "length": len(words),
+  }
+
+
+_NAME_SET, _COLOR_SET, _OBJECT_SET = set(NAMES), set(COLORS), set(OBJECTS)
+
+
+def _score(counts: dict[str, int], invented_weight: float = INVENTED_WEIGHT,
+           repeat_weight: float = REPEAT_WEIGHT,
+           length_weight: float = LENGTH_WEIGHT) -> float:
+  return (counts["covered"] - invented_weight * counts["invented"]
+          - repeat_weight * counts["repeated"]
+          - length_weight * counts["over_budget"])
+
+
+def score_summary(document: str, summary: str, *,
+                  invented_weight: float = INVENTED_WEIGHT,
+                  repeat_weight: float = REPEAT_WEIGHT,
+                  length_weight: float = LENGTH_WEIGHT) -> float:
+  """The gold oracle's score s(summary) of `summary_counts`:
+  covered - invented_weight * invented - repeat_weight * repeated
+  - length_weight * over_budget."""
+  return _score(summary_counts(document, summary), invented_weight,
+                repeat_weight, length_weight)
+
+
+def gold_preference(document: str, summary_a: str, summary_b: str, *,
+                    bt_scale: float = GOLD_BT_SCALE) -> float:
+  """p_gold(a > b) = sigmoid(bt_scale * (s(a) - s(b))), in float64."""
+  facts = _facts_of(document)
+  return _sigmoid(bt_scale * (_score(_counts(facts, summary_a))
+                              - _score(_counts(facts, summary_b))))
+
+
+def _sigmoid(x: float) -> float:
+  return 1.0 / (1.0 + math.exp(-x))
+
+
+def _candidate(rng: np.random.Generator, facts, sentences) -> str:
+  noise = 1.0 - rng.random()  # 1 - q, in (0, 1].
+  return _noisy_summary(
+      rng, facts, sentences, p_keep=1.0 - _MAX_DROP * noise,
+      p_invent=_MAX_INVENT * noise, p_repeat=_MAX_REPEAT * noise)
+
+
+def _document_comparisons(split: str, doc_index: int,
+                          label_flip_rate: float) -> list[dict[str, object]]:
+  """The COMPARISONS_PER_DOCUMENT[split] comparisons of one document."""
+  seed = _SPLIT_SEEDS[split]
+  sentences, facts = _document(np.random.default_rng([seed, doc_index]))
+  document = " ".join(sentences)
+  rng = np.random.default_rng([_COMPARISON_SEED, seed, doc_index])
+  out = []
+  for _ in range(COMPARISONS_PER_DOCUMENT[split]):
+    a = _candidate(rng, facts, sentences)
+    b = _candidate(rng, facts, sentences)
+    for _ in range(_MAX_REDRAWS):  # Two equal texts teach nothing.
+      if b != a:
+        break
+      b = _candidate(rng, facts, sentences)
+    p_a = _sigmoid(GOLD_BT_SCALE * (_score(_counts(facts, a))
+                                    - _score(_counts(facts, b))))
+    a_wins = bool(rng.random() < p_a)
+    if rng.random() < label_flip_rate:
+      a_wins = not a_wins
+    chosen, rejected = (a, b) if a_wins else (b, a)
+    out.append({"inputs": document, "chosen": chosen, "rejected": rejected,
+                "label": 1.0, "gold_pref": p_a if a_wins else 1.0 - p_a})
+  return out
+
+
+def _check_comparison_args(split: str, label_flip_rate: float) -> int:
+  if split not in COMPARISON_SIZES:
+    raise errors.DataError(
+        f"Unknown split {split!r} of the synthetic comparisons; choose one of "
+        f"{tuple(COMPARISON_SIZES)}.")
+  if not 0.0 <= label_flip_rate <= 0.5:
+    raise errors.DataError(
+        f"label_flip_rate={label_flip_rate} must be in [0, 0.5] (0: labels "
+        "drawn from the gold oracle only; 0.5: random labels).")
+  return COMPARISON_SIZES[split]
+
+
+def comparison(split: str, index: int, *,
+               label_flip_rate: float = LABEL_FLIP_RATE) -> dict[str, object]:
+  """Comparison `index` of `split` (see `generate_comparisons`)."""
+  size = _check_comparison_args(split, label_flip_rate)
+  if not 0 <= index < size:
+    raise errors.DataError(f"index={index} must be in [0, {size}) for {split!r}.")
+  doc_index, k = divmod(index, COMPARISONS_PER_DOCUMENT[split])
+  return _document_comparisons(split, doc_index, label_flip_rate)[k]
+
+
+def generate_comparisons(
+    split: str, num_examples: int | None = None, *,
+    label_flip_rate: float = LABEL_FLIP_RATE) -> list[dict[str, object]]:
+  """The first `num_examples` comparisons of `split` (default: all of them).
+
+  Comparison i is about document i // COMPARISONS_PER_DOCUMENT[split] of the
+  SFT split of the same name. Two candidates are drawn from the noisy
+  generator, each with its own quality q ~ U(0, 1), so the quality gap of a
+  pair ranges from perfect-versus-bad to two near twins (equal texts are
+  redrawn). The annotator prefers candidate a with probability
+  p_gold(a > b) (`gold_preference`), and its label is then flipped with
+  probability `label_flip_rate`.
+
+  Returns:
+    {"inputs", "chosen" (the labelled winner), "rejected", "label" (1.0: the
+    data's p(chosen > rejected), a hard label), "gold_pref" (p_gold(chosen >
+    rejected))} records.
+  """
+  size = _check_comparison_args(split, label_flip_rate)
+  n = size if num_examples is None else num_examples
+  if not 0 <= n <= size:
+    raise errors.DataError(
+        f"num_examples={num_examples} must be in [0, {size}] for split "
+        f"{split!r}.")
+  per_doc = COMPARISONS_PER_DOCUMENT[split]
+  records = []
+  for doc_index in range(-(-n // per_doc)):
+    records += _document_comparisons(split, doc_index, label_flip_rate)
+  return records[:n]
+
+
+def comparison_stats(records) -> dict[str, float]:
+  """How far the gold oracle agrees with the labels of `records`.
+
+  Returns:
+    "gold_agreement": mean over pairs of 1 when the gold prefers the labelled
+    winner, 1/2 on a tie, else 0 (the accuracy a perfect preference model
+    reaches on these labels); "expected_gold_agreement": its expectation over
+    the annotator's draws, mean max(p, 1 - p); "tie_fraction": pairs with
+    equal gold scores; "mean_abs_gap": mean |p_gold - 1/2|.
+  """
+  p = np.asarray([r["gold_pref"] for r in records], np.float64)
+  return {
+      "gold_agreement": float(np.mean((p > 0.5) + 0.5 * (p == 0.5))),
+      "expected_gold_agreement": float(np.mean(np.maximum(p, 1.0 - p))),
+      "tie_fraction": float(np.mean(p == 0.5)),
+      "mean_abs_gap": float(np.mean(np.abs(p - 0.5))),
+  }
 
 
 def write_vocabulary(path: pathlib.Path | str = VOCAB_PATH) -> None:
@@ -195,7 +412,7 @@ def word_ids() -> dict[str, int]:
   for w in WORDS:
     pieces = sp.encode(w)
     if len(pieces) != 1:
-      raise ValueError(
+      raise errors.DataError(
           f"The synthetic vocabulary {VOCAB_PATH} splits {w!r} into "
           f"{pieces}; rebuild it with `python -m ipo_md.data.synthetic`."
       )

@@ -31,11 +31,13 @@ post at token level and keep "TL;DR:" (see `feature_converters`), plus the
 whole prompt text as "inputs_pretokenized".
 """
 
+import collections
 from collections.abc import Collection, Mapping, Sequence
 import os
 from typing import Any
 
 from absl import logging
+from ipo_md.data import errors
 from ipo_md.data import jsonl
 from ipo_md.data import preprocessors
 import tensorflow as tf
@@ -101,13 +103,13 @@ def read_sft(path: str, *, on_bad_example: str = jsonl.RAISE
 def sft_path(sft_dir: str | None, files: Mapping[str, str], split: str) -> str:
   """The SFT file of `split`; errors say how to configure the location."""
   if not sft_dir:
-    raise ValueError(
+    raise errors.DataError(
         "The TL;DR SFT folder is not set. Download the files from "
         f"{SFT_URL}, then call ipo_md_tasks.register_tldr_tasks(sft_dir=DIR) "
         "(gin: `ipo_md_tasks.register_tldr_tasks.sft_dir = 'DIR'`; "
         "`ipo-md data inspect`: --tldr_sft_dir=DIR).")
   if split not in files:
-    raise ValueError(f"No TL;DR SFT file for split {split!r}; sft_files="
+    raise errors.DataError(f"No TL;DR SFT file for split {split!r}; sft_files="
                      f"{dict(files)} maps splits to files.")
   return os.path.join(sft_dir, files[split])
 
@@ -116,7 +118,7 @@ def comparison_paths(comparisons_dir: str | None,
                      pattern: str = COMPARISON_FILES) -> list[str]:
   """The comparison files; errors say how to configure the location."""
   if not comparisons_dir:
-    raise ValueError(
+    raise errors.DataError(
         "The TL;DR comparisons folder is not set. Download the files from "
         f"{COMPARISONS_URL}, then call ipo_md_tasks.register_tldr_tasks("
         "comparisons_dir=DIR) (gin: `ipo_md_tasks.register_tldr_tasks."
@@ -124,7 +126,7 @@ def comparison_paths(comparisons_dir: str | None,
         "--tldr_comparisons_dir=DIR).")
   paths = sorted(tf.io.gfile.glob(os.path.join(comparisons_dir, pattern)))
   if not paths:
-    raise FileNotFoundError(
+    raise errors.MissingDataError(
         f"No TL;DR comparison files match {pattern!r} in {comparisons_dir}; "
         f"download them from {COMPARISONS_URL} or fix comparison_files.")
   return paths
@@ -136,6 +138,7 @@ def read_comparisons(
     splits: Collection[str],
     min_confidence: int | None = None,
     on_bad_example: str = jsonl.RAISE,
+    seqio_split: str | None = None,
 ) -> list[dict[str, str]]:
   """Records (COMPARISON_KEYS) of the comparisons whose "split" is in `splits`.
 
@@ -147,10 +150,15 @@ def read_comparisons(
     min_confidence: if set, keep only lines with extra.confidence >= it
       (OpenAI's 1-9 scale; lines without a confidence are left out).
     on_bad_example: "raise" or "skip".
+    seqio_split: the task split being read, for the error message.
 
   Returns:
     {"id", inputs segments, "inputs_pretokenized", "chosen", "rejected"}
     records, "chosen" being summaries[choice].
+
+  Raises:
+    DataError: no line is kept (the message names the "split" values found
+      and how to map them).
   """
   parser = _ComparisonParser(splits, min_confidence)
   records = []
@@ -159,7 +167,35 @@ def read_comparisons(
   if parser.num_cnndm:
     logging.info("Left out %d CNN/DM comparisons (no Reddit post) of %s.",
                  parser.num_cnndm, paths)
+  if not records:
+    raise errors.DataError(_no_comparisons_message(
+        paths, splits, min_confidence, parser, seqio_split))
   return records
+
+
+def _no_comparisons_message(paths, splits, min_confidence, parser,
+                            seqio_split) -> str:
+  found = dict(sorted(parser.split_counts.items()))
+  where = f"{len(paths)} file(s) ({', '.join(paths[:3])}"
+  where += ", ...)" if len(paths) > 3 else ")"
+  task_split = (f"split {seqio_split!r}" if seqio_split
+                else "the requested split")
+  wanted = sorted(splits)
+  if any(v in found for v in wanted) and min_confidence is not None:
+    return (
+        f"No TL;DR comparison for {task_split} in {where}: the "
+        f"{sum(found.get(v, 0) for v in wanted)} lines with split in "
+        f"{wanted} all have extra.confidence below min_confidence="
+        f"{min_confidence} (or none). Lower min_confidence or set it to None "
+        "(gin: ipo_md_tasks.register_tldr_tasks.min_confidence = None).")
+  example = {seqio_split or "train": tuple(found)[:1] or ("...",)}
+  return (
+      f"No TL;DR comparison for {task_split} in {where}: it keeps lines "
+      f"whose \"split\" field is in {wanted}, and the files have the split "
+      f"values {found} (lines per value). Map the task splits to the values "
+      f"of your files with comparison_splits (default {COMPARISON_SPLITS}), "
+      f"e.g. gin: ipo_md_tasks.register_tldr_tasks.comparison_splits = "
+      f"{example}.")
 
 
 class _ComparisonParser:
@@ -169,6 +205,7 @@ class _ComparisonParser:
     self.splits = set(splits)
     self.min_confidence = min_confidence
     self.num_cnndm = 0
+    self.split_counts: collections.Counter[str] = collections.Counter()
 
   def __call__(self, obj: Mapping[str, Any]) -> dict[str, str] | None:
     info = jsonl.get_field(obj, "info")
@@ -184,6 +221,7 @@ class _ComparisonParser:
           "choice", f"is {choice!r}, not 0 or 1 (the index of the preferred "
           "summary)")
     split = jsonl.get_text(obj, "split")
+    self.split_counts[split] += 1
     if split not in self.splits or not self._confident(obj):
       return None
     return {"id": str(info.get("id", "")), **prompt,

@@ -22,6 +22,7 @@ elsewhere: a local copy, a bucket, or a tiny model trained for tests.
 
 import functools
 
+from ipo_md.data import errors
 import seqio
 
 # The public T5 vocabulary (`t5.data.DEFAULT_SPM_PATH`).
@@ -47,12 +48,12 @@ def sentencepiece_vocabulary(
     The vocabulary; the same object for the same arguments.
   """
   if not isinstance(path, str) or not path:
-    raise ValueError(
+    raise errors.DataError(
         f"vocabulary path={path!r} must be a non-empty string, e.g. "
         f"{DEFAULT_SPM_PATH!r} or a local copy of that file."
     )
   if extra_ids < 0:
-    raise ValueError(
+    raise errors.DataError(
         f"extra_ids={extra_ids} must be >= 0 ({DEFAULT_EXTRA_IDS} for T5 "
         "checkpoints)."
     )

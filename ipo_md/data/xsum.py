@@ -21,6 +21,7 @@ downloads from GitHub. `prepare` runs that build once; the tasks then read the
 prepared TFRecords from `data_dir` (local or gs://).
 """
 
+from ipo_md.data import errors
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -54,7 +55,7 @@ def load_split(split: str, *, data_dir: str | None,
   try:
     return builder.as_dataset(split=split, shuffle_files=False)
   except AssertionError as e:  # TFDS's "could not find data in ...".
-    raise ValueError(
+    raise errors.DataError(
         f"TFDS {tfds_name} is not prepared in data_dir={data_dir!r} "
         f"({e}). {MANUAL_INSTRUCTIONS} Then pass the same DATA_DIR to "
         "ipo_md_tasks.register_xsum_tasks(data_dir=...) (gin: "
@@ -67,7 +68,7 @@ def prepare(*, data_dir: str | None, manual_dir: str,
   """Builds TFDS XSum in `data_dir` from `manual_dir`/TARBALL (one-off)."""
   tarball = tf.io.gfile.join(manual_dir, TARBALL)
   if not tf.io.gfile.exists(tarball):
-    raise FileNotFoundError(f"{tarball}: no such file. {MANUAL_INSTRUCTIONS}")
+    raise errors.MissingDataError(f"{tarball}: no such file. {MANUAL_INSTRUCTIONS}")
   builder = tfds.builder(tfds_name, data_dir=data_dir)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "data": ("data", "Inspect seqio tasks: decoded examples and length percentiles."),
     "convert": ("convert", "Import Hugging Face / T5X T5 checkpoints."),
     "export": ("export", "Export a trained policy to the Hugging Face layout."),
+    "eval": ("eval", "Side-by-side evaluation of policies by judges (oracle, learned PM, LLM)."),
 }
 
 

@@ -55,6 +55,7 @@ def ckpts(tmp_path_factory):
   ckpt.close()
   big = CFG.replace(vocab_size=128)
   params_io.save_params(root / "big_vocab", _params(2, big), big)
+  params_io.save_params(root / "pm", _params(3), CFG)
   (root / "empty").mkdir()
   return root
 
@@ -88,10 +89,22 @@ def test_three_kinds_of_checkpoint_and_rerun(ckpts, tmp_path, capsys):
   assert again["cache"]["judged_pairs"] == {"gold": 0}
   assert again["judges"]["gold"]["matrix"] == results["judges"]["gold"][
       "matrix"]
-  # @STEP reads that step of a stage (the only one here: same samples).
-  rc, _, stderr = _run(capsys, *argv[:1], f"--policy=ipo={ckpts}/run/ipo@5",
-                       *argv[2:])
+  # @STEP reads that step of a stage (the only one here: same samples), and
+  # a learned preference model judges beside the gold oracle.
+  rc, stdout, stderr = _run(
+      capsys, *argv[:1], f"--policy=ipo={ckpts}/run/ipo@5", *argv[2:],
+      "--judge=gold", "--judge=pm", f"--pm_checkpoint={ckpts / 'pm'}",
+      "--pm_input_length=96", "--pm_readout=5,6")
   assert rc == 0, stderr
+  both = json.loads((out / "results.json").read_text())
+  assert both["cache"]["sampled"] == []
+  assert both["cache"]["judged_pairs"] == {"gold": 0, "pm": 3}
+  pm = np.array(both["judges"]["pm"]["matrix"])
+  np.testing.assert_allclose(pm + pm.T, 1.0, atol=1e-12)
+  assert pm[0, 2] == 0.5
+  assert "## Judges side by side (reference judge: `gold`)" in stdout
+  assert "`pm` - `gold`" in stdout
+  assert (out / "vs_baseline.png").is_file()
 
 
 @pytest.mark.parametrize("policies,extra,message", [

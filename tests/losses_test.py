@@ -367,3 +367,49 @@ class SftAndLabelsTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class PreferenceAndRewardModelLossTest(parameterized.TestCase):
+  """The learned models' training losses against hand computations."""
+
+  def test_preference_model_cross_entropy_and_gradient(self):
+    s = jnp.asarray([2.0, -1.0, 0.0], jnp.float32)
+    q = jnp.asarray([1.0, 0.25, 0.5], jnp.float32)
+    loss_B, metrics = losses.preference_model_loss(s, q)
+    # -q log sigma(s) - (1-q) log sigma(-s), written out.
+    expected = [np.log1p(np.exp(-2.0)),
+                -0.25 * np.log(_sigmoid(-1.0)) - 0.75 * np.log(_sigmoid(1.0)),
+                np.log(2.0)]
+    np.testing.assert_allclose(loss_B, expected, rtol=1e-6)
+    # d/ds = sigma(s) - q.
+    grad = jax.grad(lambda s: jnp.sum(losses.preference_model_loss(s, q)[0]))(s)
+    np.testing.assert_allclose(grad, _sigmoid(np.asarray(s)) - np.asarray(q),
+                               rtol=1e-6)
+    # Accuracy: 1 (right), 0.75 (s < 0 with q = 0.25), 0.5 (a tie).
+    np.testing.assert_allclose(metrics["pm/accuracy"], (1 + 0.75 + 0.5) / 3,
+                               rtol=1e-6)
+
+  def test_bradley_terry_loss_gradient_and_margin(self):
+    r_y = jnp.asarray([1.5, 0.0, -1.0], jnp.float32)
+    r_yp = jnp.asarray([0.5, 0.5, -1.0], jnp.float32)
+    q = jnp.asarray([1.0, 1.0, 0.8], jnp.float32)
+    d = np.array([1.0, -0.5, 0.0])
+    for margin in (0.0, 0.3):
+      loss_B, metrics = losses.bradley_terry_loss(r_y, r_yp, q, margin=margin)
+      qn = np.asarray(q, np.float64)
+      expected = (-qn * np.log(_sigmoid(d - margin))
+                  - (1 - qn) * np.log(_sigmoid(-d - margin)))
+      np.testing.assert_allclose(loss_B, expected, rtol=1e-6)
+      g_y, g_yp = jax.grad(
+          lambda a, b: jnp.sum(losses.bradley_terry_loss(
+              a, b, q, margin=margin)[0]), argnums=(0, 1))(r_y, r_yp)
+      # d loss / d r(y) = -q (1 - sigma(d - m)) + (1 - q) sigma(d + m).
+      expected_g = (-qn * (1 - _sigmoid(d - margin))
+                    + (1 - qn) * _sigmoid(d + margin))
+      np.testing.assert_allclose(g_y, expected_g, rtol=1e-5, atol=1e-7)
+      np.testing.assert_allclose(g_yp, -expected_g, rtol=1e-5, atol=1e-7)
+      np.testing.assert_allclose(metrics["rm/margin"], np.mean(d), rtol=1e-6)
+    np.testing.assert_allclose(metrics["rm/accuracy"], (1 + 0 + 0.5) / 3,
+                               rtol=1e-6)
+    with self.assertRaisesRegex(ValueError, "margin=-1.0 must be"):
+      losses.bradley_terry_loss(r_y, r_yp, q, margin=-1.0)

@@ -1,0 +1,153 @@
+"""Learned preference and reward models: token-level packing, exact
+antisymmetry after symmetrisation, the read-outs, the template length check,
+and a text-to-text pairwise model imported from Hugging Face giving the same
+p as transformers computes."""
+
+import pathlib
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ipo_md import rollouts
+from ipo_md.model import config as config_lib
+from ipo_md.model import network
+from ipo_md.model import scoring
+from ipo_md.preference import learned
+
+CFG = config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8,
+                          mlp_dim=64, num_encoder_layers=1,
+                          num_decoder_layers=1)
+NET = network.Transformer(CFG)
+TEMPLATE = learned.Template(prefix=(50,), first=(60,), second=(61,),
+                            suffix=(62, 63))
+
+
+def _rows(rows, width):
+  out = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return jnp.asarray(out)
+
+
+def test_pack_drops_padding_and_eos_and_keeps_template_pieces():
+  x = _rows([[5, 6, 1], [7, 1]], 4)            # prompts end with EOS
+  y = _rows([[8, 1, 9], [10, 11, 12]], 3)      # 9 follows EOS: dropped
+  yp = _rows([[13, 1], [1]], 2)                # an empty response
+  packed = learned.pack((TEMPLATE.prefix, x, TEMPLATE.first, y,
+                         TEMPLATE.second, yp, TEMPLATE.suffix), 16)
+  np.testing.assert_array_equal(packed[0], [50, 5, 6, 60, 8, 61, 13, 62, 63,
+                                            1, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(packed[1], [50, 7, 60, 10, 11, 12, 61, 62, 63,
+                                            1, 0, 0, 0, 0, 0, 0])
+
+
+def test_template_longer_than_input_length_is_an_error_naming_the_length():
+  x, y = _rows([[5, 1]], 8), _rows([[6, 1]], 4)
+  with pytest.raises(ValueError, match=r"needs up to 22 tokens .* "
+                     r"input_length is 20\. Raise input_length to at least 22"):
+    learned.pack((TEMPLATE.prefix, x, TEMPLATE.first, y, TEMPLATE.second, y,
+                  TEMPLATE.suffix), 20, what="preference model input")
+
+
+def test_heads_validate_their_read_out():
+  with pytest.raises(ValueError, match="one token id .* or two"):
+    learned.PairwiseHead(input_length=8, readout=(1, 2, 3))
+  with pytest.raises(ValueError, match="must be one token id"):
+    learned.RewardHead(input_length=8, readout=(1, 2))
+  with pytest.raises(ValueError, match="tuple of token ids"):
+    learned.Template(first=("a",))
+
+
+def _batch(rng, b=6, li=7, t=5):
+  k1, k2, k3 = jax.random.split(rng, 3)
+  x = jax.random.randint(k1, (b, li), 2, 50)
+  y = jax.random.randint(k2, (b, t), 1, 50)
+  yp = jax.random.randint(k3, (b, t), 1, 50)
+  return x, y, yp
+
+
+def test_symmetrised_pm_is_exactly_antisymmetric_and_the_raw_one_is_not():
+  pm = learned.PreferenceModel(
+      network=NET, head=learned.PairwiseHead(input_length=24, readout=(62,),
+                                             template=TEMPLATE))
+  params = scoring.init_params(NET, jax.random.PRNGKey(0))
+  x, y, yp = _batch(jax.random.PRNGKey(1))
+  judge = jax.jit(lambda a, b, s: rollouts.judge(pm, params, x, a, b,
+                                                 symmetrize=s),
+                  static_argnums=2)
+  fwd, bwd = judge(y, yp, True), judge(yp, y, True)
+  np.testing.assert_array_equal(np.asarray(fwd + bwd), np.ones(6))
+  # p(y, y) = 0.5 (p + 1 - p): 1/2 up to one float32 rounding of p + 1.
+  np.testing.assert_allclose(np.asarray(judge(y, y, True)), 0.5, atol=6e-8)
+  raw = np.asarray(judge(y, yp, False) + judge(yp, y, False))
+  assert np.max(np.abs(raw - 1.0)) > 1e-3, "the raw PM is not antisymmetric"
+
+
+def test_readouts_are_sigmoid_of_one_logit_or_of_a_difference():
+  params = scoring.init_params(NET, jax.random.PRNGKey(0))
+  x, y, yp = _batch(jax.random.PRNGKey(2))
+  head = dict(input_length=24, template=TEMPLATE)
+  one = learned.PreferenceModel(network=NET,
+                                head=learned.PairwiseHead(readout=(7,), **head))
+  two = learned.PreferenceModel(
+      network=NET, head=learned.PairwiseHead(readout=(7, 9), **head))
+  logits = learned.first_step_logits(NET, params, one.pack(x, y, yp))
+  np.testing.assert_allclose(one(params, x, y, yp),
+                             jax.nn.sigmoid(logits[:, 7]), rtol=1e-6)
+  np.testing.assert_allclose(two(params, x, y, yp),
+                             jax.nn.sigmoid(logits[:, 7] - logits[:, 9]),
+                             rtol=1e-6)
+
+
+def test_bradley_terry_preference_of_a_reward_model():
+  rm = learned.RewardModel(network=NET, head=learned.RewardHead(
+      input_length=17, readout=(5,), template=TEMPLATE))
+  params = scoring.init_params(NET, jax.random.PRNGKey(3))
+  x, y, yp = _batch(jax.random.PRNGKey(4))
+  r_y, r_yp = rm(params, x, y), rm(params, x, yp)
+  p = rm.preference()(params, x, y, yp)
+  np.testing.assert_allclose(p, jax.nn.sigmoid(r_y - r_yp), rtol=1e-5)
+  np.testing.assert_allclose(p + rm.preference()(params, x, yp, y), 1.0,
+                             rtol=1e-6)
+
+
+@pytest.mark.hf
+def test_text_to_text_pairwise_model_from_hugging_face_gives_transformers_p():
+  """A SteamSHP-style model (answers "A" or "B"): import a random HF T5,
+  read p = sigmoid(logit[A] - logit[B]) and compare with transformers on the
+  same packed input ids."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
+
+  hf_cfg = transformers.T5Config(
+      vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+      num_decoder_layers=2, num_heads=4, dropout_rate=0.0,
+      feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      relative_attention_num_buckets=8, relative_attention_max_distance=16,
+      decoder_start_token_id=0)
+  torch.manual_seed(0)
+  model = transformers.T5ForConditionalGeneration(hf_cfg).eval()
+  with torch.no_grad():
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(64, 32) * 0.3)
+  a_id, b_id = 40, 41
+  with tempfile.TemporaryDirectory() as tmp:
+    model.save_pretrained(tmp)
+    params, cfg = params_io.load_initial_params(pathlib.Path(tmp))
+  pm = learned.PreferenceModel(
+      network=network.Transformer(cfg),
+      head=learned.PairwiseHead(input_length=24, readout=(a_id, b_id),
+                                template=TEMPLATE))
+  x, y, yp = _batch(jax.random.PRNGKey(5))
+  ours = np.asarray(pm(params, x, y, yp))
+  ids = torch.tensor(np.asarray(pm.pack(x, y, yp)), dtype=torch.long)
+  with torch.no_grad():
+    logits = model(input_ids=ids, attention_mask=(ids != 0).long(),
+                   decoder_input_ids=torch.zeros((ids.shape[0], 1),
+                                                 dtype=torch.long)).logits
+  theirs = torch.sigmoid(logits[:, 0, a_id] - logits[:, 0, b_id]).numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+  assert np.ptp(ours) > 1e-3, "p must vary across the batch"

@@ -126,12 +126,25 @@ class Checkpointer:
     self._report = report or (lambda line: print(line, flush=True))
     self._sealer: threading.Thread | None = None
     self._seal_error: BaseException | None = None
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=True, cleanup_tmp_directories=True),
-        item_names=(STATE_ITEM, META_ITEM),
-    )
+    self._orbax: ocp.CheckpointManager | None = None
+
+  @property
+  def _manager(self) -> ocp.CheckpointManager:
+    """Orbax's manager, made on first use: verifying, rotating and setting
+    aside need only the file system. Rotation is ours (max_to_keep=None);
+    temporary folders of saves killed mid-write are removed."""
+    if self._orbax is None:
+      self._orbax = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=None, create=True, cleanup_tmp_directories=True),
+          item_names=(STATE_ITEM, META_ITEM),
+      )
+    return self._orbax
+
+  def _reload(self) -> None:
+    if self._orbax is not None:
+      self._orbax.reload()
 
   # --- steps on disk -------------------------------------------------------
 
@@ -209,7 +222,8 @@ class Checkpointer:
     if self._sealer is not None:
       self._sealer.join()
       self._sealer = None
-    self._manager.wait_until_finished()
+    if self._orbax is not None:
+      self._orbax.wait_until_finished()
     if self._seal_error is not None:
       error, self._seal_error = self._seal_error, None
       raise RuntimeError(
@@ -226,7 +240,7 @@ class Checkpointer:
     for step in doomed:
       self._step_dir(step).rmtree()
     if doomed:
-      self._manager.reload()
+      self._reload()
 
   def wait(self) -> None:
     """Blocks until the last save is written, sealed and rotated."""
@@ -234,7 +248,8 @@ class Checkpointer:
 
   def close(self) -> None:
     self._finish()
-    self._manager.close()
+    if self._orbax is not None:
+      self._orbax.close()
 
   # --- restoring -----------------------------------------------------------
 
@@ -354,7 +369,7 @@ class Checkpointer:
     while True:
       primary = hosts.is_primary()
       step = hosts.broadcast_int(self._next_candidate(lost) if primary else -1)
-      self._manager.reload()
+      self._reload()
       if step < 0:
         break
       restored, damage = self._attempt(step, abstract_state, check_meta)
@@ -402,6 +417,8 @@ class Checkpointer:
 
   def _set_aside(self, damage: verify.Damage) -> verify.Damage:
     moved = verify.move_aside(damage, self.directory / DAMAGED_DIR)
+    (self.directory / SAVING_DIR / paths.as_path(damage.path).name).unlink(
+        missing_ok=True)
     self.damaged.append(moved)
     self._report(moved.line())
     return moved

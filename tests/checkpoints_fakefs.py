@@ -211,9 +211,10 @@ def fake_gcs() -> Iterator[MemoryBackend]:
   """
   store = MemoryBackend()
   cwd = os.getcwd()
+  backends = gpath._PREFIX_TO_BACKEND  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as scratch, \
       mock.patch.object(gpath, "_is_tf_installed", lambda: False), \
-      mock.patch.dict(gpath._PREFIX_TO_BACKEND, {"gs": store}):  # pylint: disable=protected-access
+      mock.patch.dict(backends, {"gs": store}):
     os.chdir(scratch)
     try:
       yield store

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The checkpoint code on `gs://` paths, served from memory (checkpoints_fakefs).
+"""The checkpoint code on `gs://` paths, served from memory (fake_gcs).
 
 Every test runs inside `fake_gcs()`, which fails if anything reached the
 local disk through pathlib/os instead of epath. Covered: JSON files,

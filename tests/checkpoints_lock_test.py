@@ -188,7 +188,8 @@ class RunLockTest(absltest.TestCase):
     # holder did: its PID was reused.
     (self.dir / "ipo_md.lock").write_text(json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(), "pid_start": "1",
-        "started": "2025-01-01T00:00:00+00:00", "command": "old", "token": "t"}))
+        "started": "2025-01-01T00:00:00+00:00", "command": "old",
+        "token": "t"}))
     lock = self.lock().acquire()
     self.assertTrue(lock.held)
     self.assertEqual(len(self.lines), 1)

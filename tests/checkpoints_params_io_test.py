@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import pathlib
+import shutil
 import tempfile
 
 from absl.testing import absltest
@@ -222,6 +223,26 @@ class TrainCheckpointTest(parameterized.TestCase):
       params_io.load_train_params(self.stage, step=30)
     with self.assertRaisesRegex(FileNotFoundError, r"stages \['ipo'\]"):
       params_io.load_train_params(self.stage.parent)
+
+  def test_damaged_or_unsealed_steps(self):
+    root = self.stage / "checkpoints"
+    # A newer step without a manifest is a save that never finished: the
+    # sealed steps are used.
+    shutil.copytree(root / "10", root / "30",
+                    ignore=shutil.ignore_patterns("ipo_md_manifest.json"))
+    params, _ = params_io.load_initial_params(self.stage)
+    assert_trees_equal(self, params, self.params[20])
+    data = sorted((root / "20" / "state" / "d").iterdir())[0]
+    data.write_bytes(data.read_bytes()[:-5])
+    with self.assertRaisesRegex(
+        ValueError,
+        rf"Training checkpoint {root / '20'}: state/d/{data.name} has \d+ "
+        r"bytes, its ipo_md_manifest.json says \d+ \(truncated\)\. Pass an "
+        rf"older step folder \({root}/<step>\) explicitly, or rerun that "
+        "stage so it rewrites its checkpoint."):
+      params_io.load_initial_params(self.stage)
+    params, _ = params_io.load_initial_params(root / "10")
+    assert_trees_equal(self, params, self.params[10])
 
 
 class CommandLineTest(absltest.TestCase):

@@ -284,3 +284,15 @@ def load_initial_params(path: str | os.PathLike, *, shardings: Any = None,
     params = jax.tree_util.tree_map(lambda x: x.astype(dtype), params)
     config = config.replace(param_dtype=param_dtype)
   return params, config
+
+
+def check_initial_checkpoint(path: str | os.PathLike,
+                             expected_config: config_lib.T5Config) -> None:
+  """Raises unless `path` is a readable checkpoint of `expected_config`'s
+  architecture; reads config files and tensor shapes only (no tensor), so a
+  run can check every checkpoint it will need before it trains."""
+  path = paths.as_path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"Initial checkpoint {path} is not a directory.")
+  config, _ = _loader(path, None, expected_config.param_dtype, expected_config)
+  t5_layout.check_compatible(config, expected_config, source=str(path))

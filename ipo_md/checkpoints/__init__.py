@@ -185,7 +185,9 @@ class Checkpointer:
         nothing is written.
     """
     self._finish()
-    if self._step_dir(step).exists():
+    # Orbax's list, not the folder: it is the same on every host, so all
+    # of them skip or all save (a collective).
+    if step in self._manager.all_steps():
       return
     bad = finite.non_finite_leaves(state)
     if bad:
@@ -238,7 +240,7 @@ class Checkpointer:
     sealed = self._sealed_steps()
     doomed = sealed[:-self.cfg.keep]
     for step in doomed:
-      self._step_dir(step).rmtree()
+      _delete_sealed(self._step_dir(step))
     if doomed:
       self._reload()
 
@@ -429,6 +431,19 @@ class Checkpointer:
       for marker in saving.iterdir():
         if not (self.directory / marker.name).exists():
           marker.unlink(missing_ok=True)
+
+
+def _delete_sealed(step_dir) -> None:
+  """Deletes a sealed step folder, its manifest last: a deletion cut short
+  leaves a folder that still counts as sealed (and oldest), so the next
+  rotation finishes it, and a restore sees it as damaged."""
+  for child in step_dir.iterdir():
+    if child.name != verify.MANIFEST:
+      if child.is_dir():
+        child.rmtree()
+      else:
+        child.unlink()
+  step_dir.rmtree()
 
 
 def _first_line(error: BaseException) -> str:

@@ -287,6 +287,21 @@ def _judge_pairs(judge, prompts, responses, *, out_dir, max_pairs_per_call,
              "reused": num * (num - 1) // 2 - len(todo)}
 
 
+def _describe_cached(responses: Responses, prompts: Prompts, eos_id: int,
+                     out_dir) -> dict:
+  """`_describe`, cached beside the samples (ROUGE's stemmer is slow)."""
+  key = store.digest(["describe", responses.key, prompts.key,
+                      sorted(prompts.references), ROUGE_TYPES, eos_id])
+  path = (out_dir / "samples" /
+          f"{_safe(responses.policy)}.{responses.key[:12]}.metrics.json")
+  cached = store.read_json(path)
+  if cached and cached.get("key") == key:
+    return cached["metrics"]
+  metrics = _describe(responses, prompts, eos_id)
+  store.write_json_atomic(path, {"key": key, "metrics": metrics})
+  return metrics
+
+
 def _describe(responses: Responses, prompts: Prompts, eos_id: int) -> dict:
   """Mean length (tokens before EOS), share without EOS, ROUGE F1."""
   has_eos = np.any(responses.tokens == eos_id, axis=1)
@@ -391,7 +406,8 @@ def evaluate(policies: Sequence[Policy], judges: Sequence[judges_lib.Judge],
       "sampling": dataclasses.asdict(sampling_cfg), "seed": seed,
       "level": level, "num_bootstrap": num_bootstrap, "baseline": baseline,
       "policies": [{"name": p.name, "key": p.key,
-                    **_describe(r, prompts, sampling_cfg.eos_id)}
+                    **_describe_cached(r, prompts, sampling_cfg.eos_id,
+                                       out_dir)}
                    for p, r in zip(policies, responses)],
       "judges": {},
       "cache": {"sampled": sampled, "judged_pairs": {}, "reused_pairs": {}},

@@ -141,7 +141,7 @@ def _bt_objective(s, m, mask, ridge):
 
 
 def bradley_terry(matrix_PxP: np.ndarray, *, ridge: float = 1e-4,
-                  max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
+                  max_iter: int = 100, tol: float = 1e-9) -> np.ndarray:
   """Bradley-Terry strengths from a matrix of mean preferences.
 
   Maximises (1/2) sum over judged i != j of
@@ -183,16 +183,20 @@ def bradley_terry(matrix_PxP: np.ndarray, *, ridge: float = 1e-4,
     sig = _sigmoid(s[..., :, None] - s[..., None, :])
     resid = np.where(mask, m - sig, 0.0)
     grad = 0.5 * (resid.sum(-1) - resid.sum(-2)) - ridge * s
-    if np.max(np.abs(grad)) < tol:
+    active = np.max(np.abs(grad), axis=-1) >= tol  # Not yet converged.
+    if not np.any(active):
       break
     w = 0.5 * np.where(mask, sig * (1.0 - sig), 0.0)
     w = w + np.swapaxes(w, -1, -2)
     hess = w - w.sum(-1)[..., None] * eye - ridge * eye
     step = np.linalg.solve(hess, -grad[..., None])[..., 0]
+    step = np.where(active[..., None], step, 0.0)
     base = _bt_objective(s, m, mask, ridge)
+    slack = 1e-12 * (1.0 + np.abs(base))  # Rounding is not a worse step.
     t = np.ones(s.shape[:-1])
     for _ in range(30):
-      worse = _bt_objective(s + t[..., None] * step, m, mask, ridge) < base
+      new = _bt_objective(s + t[..., None] * step, m, mask, ridge)
+      worse = active & (new < base - slack)
       if not np.any(worse):
         break
       t = np.where(worse, 0.5 * t, t)

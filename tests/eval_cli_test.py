@@ -55,7 +55,14 @@ def ckpts(tmp_path_factory):
   ckpt.close()
   big = CFG.replace(vocab_size=128)
   params_io.save_params(root / "big_vocab", _params(2, big), big)
-  params_io.save_params(root / "pm", _params(3), CFG)
+  pm = checkpoints.Checkpointer(root / "pm" / "checkpoints",
+                                checkpoints.CheckpointConfig(keep=1))
+  pm.save(2, {"step": np.int32(2), "params": _params(3)},
+          {"step": 2, "role": "preference", "model_config":
+           t5_layout.config_to_dict(CFG),
+           "head": {"input_length": 96, "readout": [5, 6],
+                    "template": {"first": [60], "second": [61]}}})
+  pm.close()
   (root / "empty").mkdir()
   return root
 
@@ -93,8 +100,7 @@ def test_three_kinds_of_checkpoint_and_rerun(ckpts, tmp_path, capsys):
   # a learned preference model judges beside the gold oracle.
   rc, stdout, stderr = _run(
       capsys, *argv[:1], f"--policy=ipo={ckpts}/run/ipo@5", *argv[2:],
-      "--judge=gold", "--judge=pm", f"--pm_checkpoint={ckpts / 'pm'}",
-      "--pm_input_length=96", "--pm_readout=5,6")
+      "--judge=gold", "--judge=pm", f"--pm_checkpoint={ckpts / 'pm'}")
   assert rc == 0, stderr
   both = json.loads((out / "results.json").read_text())
   assert both["cache"]["sampled"] == []
@@ -123,6 +129,9 @@ def test_three_kinds_of_checkpoint_and_rerun(ckpts, tmp_path, capsys):
     (["a", "b=A"], ["--judge=llm"], r"--judge llm needs a server and a "
      r"model: pass --llm_base_url and --llm_model"),
     (["a", "b=A"], ["--judge=pm"], r"--judge pm needs --pm_checkpoint"),
+    (["a", "b=A"], ["--judge=pm", "--pm_checkpoint=A"],
+     r"--pm_checkpoint .*/a records no model head.*pass --pm_input_length "
+     r"and --pm_readout"),
 ])
 def test_mistakes_exit_2_with_the_fix(ckpts, tmp_path, capsys, monkeypatch,
                                       policies, extra, message):
@@ -138,6 +147,7 @@ def test_mistakes_exit_2_with_the_fix(ckpts, tmp_path, capsys, monkeypatch,
     path, _, step = where.partition("@")
     argv.append(f"--policy={name}={paths[path]}" + (f"@{step}" if step
                                                      else ""))
+  extra = [e.replace("=A", f"={paths['A']}") for e in extra]
   rc, _, stderr = _run(capsys, *argv, f"--out={tmp_path}", *FAST, *extra)
   assert rc == 2
   assert "Traceback" not in stderr

@@ -16,8 +16,9 @@ so a rerun (or one more policy) only does the new work.
 Judges: `gold` (the synthetic task's oracle), `llm` (an OpenAI-compatible
 chat API: --llm_base_url, --llm_model, --llm_api_key, or the environment
 variables IPO_MD_JUDGE_BASE_URL / OPENAI_BASE_URL, IPO_MD_JUDGE_MODEL,
-IPO_MD_JUDGE_API_KEY / OPENAI_API_KEY) and `pm` (a learned pairwise
-preference model: --pm_checkpoint, --pm_input_length, --pm_readout).
+IPO_MD_JUDGE_API_KEY / OPENAI_API_KEY) and `pm` (a learned preference
+model, or a reward model's Bradley-Terry preference: --pm_checkpoint
+MODEL_DIR/<stage>, whose saved head is used).
 Mistakes (a path that is not a checkpoint, vocabularies that differ, a split
 the task lacks, an LLM reply that never parses) exit with status 2 and one
 message that names the thing and the fix.
@@ -91,11 +92,18 @@ def _parser() -> argparse.ArgumentParser:
   g.add_argument("--llm_cache", default=None,
                  help="Verdict cache (default: OUT/llm_cache.jsonl).")
   g = p.add_argument_group("learned preference model (--judge pm)")
-  g.add_argument("--pm_checkpoint", default=None)
-  g.add_argument("--pm_input_length", type=int, default=None)
+  g.add_argument("--pm_checkpoint", default=None,
+                 help="A preference- or reward-model training stage "
+                 "(MODEL_DIR/<stage>[@STEP]; its head is read from it), or "
+                 "a params / Hugging Face checkpoint with the flags below.")
+  g.add_argument("--pm_input_length", type=int, default=None,
+                 help="Packed input length (default: the stage's).")
   g.add_argument("--pm_readout", default=None,
                  help="Token id t (sigmoid of logit t) or 'a,b' (sigmoid of "
-                 "logit a - logit b).")
+                 "logit a - logit b) (default: the stage's).")
+  g.add_argument("--pm_template", default=None,
+                 help='Template ids as JSON, e.g. \'{"first": [60], '
+                 '"second": [61]}\' (default: the stage\'s).')
   g.add_argument("--pm_name", default="pm")
   g = p.add_argument_group("task locations (as for ipo-md data inspect)")
   g.add_argument("--gin_file", action="append", default=[])
@@ -116,19 +124,44 @@ def _parse_policy(spec: str) -> tuple[str, pathlib.Path, int | None]:
   return name or path.name or str(path), path, step
 
 
-def _stage_step(path: pathlib.Path, step: int | None) -> int | None:
-  """The training step a stage folder will be read at (None elsewhere)."""
+def _step_dir(path: pathlib.Path, step: int) -> pathlib.Path:
+  """The <step> folder of a stage folder, its checkpoints/ or a step."""
   from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
 
-  if not params_io.is_train_dir(path) or params_io.is_params_dir(path):
-    return None
+  if (path / params_io.TRAIN_STATE_ITEM).is_dir():
+    return path
+  root = path / params_io.TRAIN_CHECKPOINTS
+  return (root if root.is_dir() else path) / str(step)
+
+
+def _stage_step(path: pathlib.Path, step: int | None) -> int | None:
+  """The training step a stage folder is read at: `step`, or the latest
+  sealed step (any finished step before a run seals them), as params_io
+  resolves it; it is passed on explicitly so the two always agree."""
+  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
+  from ipo_md.checkpoints import verify  # pylint: disable=g-import-not-at-top
+
+  if step is not None:
+    return step
   if (path / params_io.TRAIN_STATE_ITEM).is_dir():
     return int(path.name) if path.name.isdigit() else None
   root = path / params_io.TRAIN_CHECKPOINTS
   root = root if root.is_dir() else path
-  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()
-                 and (p / params_io.TRAIN_STATE_ITEM).is_dir())
-  return step if step is not None else steps[-1]
+  found = [p for p in root.iterdir() if p.name.isdigit()
+           and (p / params_io.TRAIN_STATE_ITEM).is_dir()]
+  sealed = [p for p in found if verify.has_manifest(p)]
+  return max(int(p.name) for p in (sealed or found))
+
+
+def _stage_meta(path: pathlib.Path, step: int) -> dict:
+  """The JSON meta a training stage saved with its step (role, head, ...)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
+
+  meta_dir = _step_dir(path, step) / params_io.TRAIN_META_ITEM
+  meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
+  return meta if isinstance(meta, dict) else {}
 
 
 def _checkpoint_config(flag: str, path: pathlib.Path, step: int | None):
@@ -166,8 +199,7 @@ def _checkpoint_config(flag: str, path: pathlib.Path, step: int | None):
 
 def _identity(path: pathlib.Path, step: int | None) -> str:
   """Path, step and the newest mtime of its files: the sample-cache key."""
-  where = path / "checkpoints" / str(step) if step is not None and (
-      path / "checkpoints" / str(step)).is_dir() else path
+  where = path if step is None else _step_dir(path, step)
   mtime = max((p.stat().st_mtime_ns for p in where.iterdir()), default=0)
   return f"{path.resolve()}@{step}:{mtime}"
 
@@ -247,41 +279,84 @@ def _llm_judge(args, out: pathlib.Path):
   return llm_judge.LLMJudge(config)
 
 
+def _pm_head(args, path: pathlib.Path, meta: dict):
+  """(role, head) of a learned judge: the head its training stage saved,
+  with any --pm_* flag taking precedence."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  from ipo_md.preference import learned  # pylint: disable=g-import-not-at-top
+
+  role = meta.get("role") or learned.PREFERENCE_ROLE
+  if role not in (learned.PREFERENCE_ROLE, learned.REWARD_ROLE):
+    raise UsageError(
+        f"--pm_checkpoint {path} is a {role!r} stage, not a preference or "
+        "reward model; pass the stage that trained one (e.g. MODEL_DIR/pm).")
+  head = dict(meta.get("head") or {})
+  if args.pm_input_length:
+    head["input_length"] = args.pm_input_length
+  if args.pm_readout:
+    try:
+      head["readout"] = [int(t) for t in args.pm_readout.split(",")]
+    except ValueError as e:
+      raise UsageError(f"--pm_readout={args.pm_readout!r} must be a token id"
+                       " or two, e.g. --pm_readout=3 or --pm_readout=71,272."
+                       ) from e
+  if args.pm_template:
+    try:
+      head["template"] = json.loads(args.pm_template)
+    except ValueError as e:
+      raise UsageError(f"--pm_template={args.pm_template!r} is not JSON; "
+                       'write e.g. \'{"first": [60], "second": [61]}\'.'
+                       ) from e
+  if "input_length" not in head or "readout" not in head:
+    raise UsageError(
+        f"--pm_checkpoint {path} records no model head (it is not a "
+        "training stage of ipo-md); pass --pm_input_length and --pm_readout "
+        "(and --pm_template if it was trained with one), as in its gin file.")
+  template = learned.Template(**{k: tuple(v) for k, v in
+                                 (head.get("template") or {}).items()})
+  cls = (learned.RewardHead if role == learned.REWARD_ROLE
+         else learned.PairwiseHead)
+  return role, cls(input_length=int(head["input_length"]),
+                   readout=tuple(head["readout"]), template=template)
+
+
 def _pm_judge(args, vocab_size: int):
+  """A learned preference model (or a reward model's Bradley-Terry
+  preference) as a judge."""
   from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
   from ipo_md.eval import judges  # pylint: disable=g-import-not-at-top
   from ipo_md.eval import store  # pylint: disable=g-import-not-at-top
   from ipo_md.model import network  # pylint: disable=g-import-not-at-top
+  from ipo_md.preference import learned  # pylint: disable=g-import-not-at-top
 
-  if not (args.pm_checkpoint and args.pm_input_length and args.pm_readout):
+  if not args.pm_checkpoint:
     raise UsageError(
-        "--judge pm needs --pm_checkpoint (the preference model), "
-        "--pm_input_length (its packed input length) and --pm_readout (its "
-        "read-out token id, or 'a,b'), as in the gin file it was trained "
-        "with.")
-  path = pathlib.Path(args.pm_checkpoint).expanduser()
-  config, step = _checkpoint_config("--pm_checkpoint", path, None)
+        "--judge pm needs --pm_checkpoint: the training stage of a "
+        "preference (or reward) model, e.g. --pm_checkpoint=MODEL_DIR/pm, "
+        "whose saved head is used; other checkpoints also need "
+        "--pm_input_length and --pm_readout.")
+  _, path, step = _parse_policy(args.pm_checkpoint)
+  config, step = _checkpoint_config("--pm_checkpoint", path, step)
   if config.vocab_size != vocab_size:
     raise UsageError(
         f"--pm_checkpoint {path} has vocab_size {config.vocab_size} but the "
         f"policies have {vocab_size}; the preference model must read the "
         "policies' vocabulary.")
-  try:
-    readout = tuple(int(t) for t in args.pm_readout.split(","))
-  except ValueError as e:
-    raise UsageError(f"--pm_readout={args.pm_readout!r} must be a token id "
-                     "or two, e.g. --pm_readout=3 or --pm_readout=71,272."
-                     ) from e
-  from ipo_md.preference import learned  # pylint: disable=g-import-not-at-top
-
-  head = learned.PairwiseHead(input_length=args.pm_input_length,
-                              readout=readout)
-  params, config = params_io.load_initial_params(path)
-  signal = learned.PreferenceModel(network=network.Transformer(config),
-                                   head=head)
+  meta = _stage_meta(path, step) if step is not None else {}
+  role, head = _pm_head(args, path, meta)
+  if step is not None:
+    params, config = params_io.load_train_params(path, step=step)
+  else:
+    params, config = params_io.load_initial_params(path)
+  net = network.Transformer(config)
+  if role == learned.REWARD_ROLE:
+    signal = learned.RewardModel(network=net, head=head).preference()
+  else:
+    signal = learned.PreferenceModel(network=net, head=head)
   return judges.SignalJudge(signal, params, name=args.pm_name,
                             key=store.digest([_identity(path, step),
-                                              repr(head)]))
+                                              repr(signal)]))
 
 
 def _check_gold(task: str) -> None:

@@ -140,7 +140,8 @@ def _llm_rows(m):
 
 
 def _evaluate_rows(num_prompts):
-  import ipo_md_tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  # pylint: disable-next=g-import-not-at-top,unused-import
+  import ipo_md_tasks  # noqa: F401
   from ipo_md.eval import side_by_side  # pylint: disable=g-import-not-at-top
 
   cfg = config_lib.t5_1_1("tiny", vocab_size=64)

@@ -75,7 +75,8 @@ class BootstrapTest(parameterized.TestCase):
     p = np.full((3, 3, 4), 0.5)
     p[0, 2] = p[2, 0] = np.nan
     summary = stats.pairwise_summary(p, num_samples=20)
-    self.assertTrue(np.isnan(summary.mean[0, 2]) and np.isnan(summary.low[2, 0]))
+    self.assertTrue(np.isnan(summary.mean[0, 2]))
+    self.assertTrue(np.isnan(summary.low[2, 0]))
     self.assertEqual(summary.mean[1, 1], 0.5)
 
   def test_bootstrap_keeps_antisymmetry(self):

@@ -32,6 +32,15 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+# Checkpoint readers load fast; the data and model stacks (TensorFlow, seqio)
+# are imported inside the functions that need them, so --help stays quick.
+from ipo_md.checkpoints import hf
+from ipo_md.checkpoints import params_io
+from ipo_md.checkpoints import t5x_import
+from ipo_md.checkpoints import verify
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
 JUDGES = ("gold", "llm", "pm")
 _ENV = {
     "base_url": ("IPO_MD_JUDGE_BASE_URL", "OPENAI_BASE_URL"),
@@ -126,8 +135,6 @@ def _parse_policy(spec: str) -> tuple[str, pathlib.Path, int | None]:
 
 def _step_dir(path: pathlib.Path, step: int) -> pathlib.Path:
   """The <step> folder of a stage folder, its checkpoints/ or a step."""
-  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
-
   if (path / params_io.TRAIN_STATE_ITEM).is_dir():
     return path
   root = path / params_io.TRAIN_CHECKPOINTS
@@ -138,9 +145,6 @@ def _stage_step(path: pathlib.Path, step: int | None) -> int | None:
   """The training step a stage folder is read at: `step`, or the latest
   sealed step (any finished step before a run seals them), as params_io
   resolves it; it is passed on explicitly so the two always agree."""
-  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
-  from ipo_md.checkpoints import verify  # pylint: disable=g-import-not-at-top
-
   if step is not None:
     return step
   if (path / params_io.TRAIN_STATE_ITEM).is_dir():
@@ -157,7 +161,6 @@ def _stage_meta(path: pathlib.Path, step: int) -> dict:
   """The JSON meta a training stage saved with its step (role, head, ...)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
 
   meta_dir = _step_dir(path, step) / params_io.TRAIN_META_ITEM
   meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
@@ -166,9 +169,6 @@ def _stage_meta(path: pathlib.Path, step: int) -> dict:
 
 def _checkpoint_config(flag: str, path: pathlib.Path, step: int | None):
   """(config, step) of a checkpoint; only config files are read."""
-  from ipo_md.checkpoints import hf  # pylint: disable=g-import-not-at-top
-  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
-  from ipo_md.checkpoints import t5x_import  # pylint: disable=g-import-not-at-top
 
   fix = ("Pass a training stage folder (MODEL_DIR/<stage>, optionally "
          "@STEP), a params checkpoint (config.json + params/) or a Hugging "
@@ -228,7 +228,6 @@ def _policy_configs(specs: list[str]) -> list[tuple]:
 
 
 def _load_policies(parsed: list[tuple]):
-  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
   from ipo_md.eval import side_by_side  # pylint: disable=g-import-not-at-top
 
   policies = []
@@ -324,7 +323,6 @@ def _pm_head(args, path: pathlib.Path, meta: dict):
 def _pm_judge(args, vocab_size: int):
   """A learned preference model (or a reward model's Bradley-Terry
   preference) as a judge."""
-  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
   from ipo_md.eval import judges  # pylint: disable=g-import-not-at-top
   from ipo_md.eval import store  # pylint: disable=g-import-not-at-top
   from ipo_md.model import network  # pylint: disable=g-import-not-at-top

@@ -103,6 +103,9 @@ class NoUsableCheckpointError(ValueError):
 
 
 class Restored(NamedTuple):
+  """What `restore_latest` returns: the step, the state placed in the target
+  shardings, and the meta JSON (step, data position, model config, ...)."""
+
   step: int
   state: Any
   meta: dict
@@ -185,15 +188,15 @@ class Checkpointer:
         nothing is written.
     """
     self._finish()
-    # Orbax's list, not the folder: it is the same on every host, so all
-    # of them skip or all save (a collective).
-    if step in self._manager.all_steps():
-      return
     bad = finite.non_finite_leaves(state)
     if bad:
       last = self.latest_step()
       raise NonFiniteStateError(
           step, bad, None if last is None else str(self._step_dir(last)))
+    # Orbax's list, not the folder: it is the same on every host, so all
+    # of them skip or all save (a collective).
+    if step in self._manager.all_steps():
+      return
     if hosts.is_primary():
       self._marker(step).parent.mkdir(parents=True, exist_ok=True)
       self._marker(step).write_text(f"{step}\n")
@@ -415,7 +418,7 @@ class Checkpointer:
     self._seal(step)
     self._report(f"{path}: sealed (its save had finished, but the run "
                  "stopped before verifying it).")
-    return verify.check(path)
+    return None
 
   def _set_aside(self, damage: verify.Damage) -> verify.Damage:
     moved = verify.move_aside(damage, self.directory / DAMAGED_DIR)

@@ -125,6 +125,19 @@ class CheckpointerTest(CheckpointerTestBase):
     self.assertEqual(meta2["data_position"], 7)
     self.assertEqual(self.lines, [])
 
+  def test_latest_meta_skips_damaged_steps_and_moves_nothing(self):
+    d = self.tmp()
+    ck = self.checkpointer(d)
+    self.assertIsNone(ck.latest_meta())
+    for step in (1, 2):
+      ck.save(step, make_state(step), {"step": step, "data_position": 3})
+    ck.wait()
+    self.assertEqual(ck.latest_meta(), (2, {"step": 2, "data_position": 3}))
+    _truncate(d / "2")
+    self.assertEqual(ck.latest_meta(), (1, {"step": 1, "data_position": 3}))
+    self.assertTrue((d / "2").is_dir())
+    self.assertEqual(self.lines, [])
+
   def test_fresh_directory_restores_nothing(self):
     ck = self.checkpointer(self.tmp() / "new")
     self.assertIsNone(ck.latest_step())

@@ -174,6 +174,21 @@ class Checkpointer:
     sealed = self._sealed_steps()
     return sealed[-1] if sealed else None
 
+  def latest_meta(self) -> tuple[int, dict] | None:
+    """(step, meta) of the newest sealed step whose files are all present
+    with their recorded sizes and whose meta reads; None if there is none.
+
+    A cheap look before resuming (e.g. is the stage finished, which model
+    wrote it): nothing is hashed or moved. `restore_latest` then verifies
+    contents and sets damaged folders aside.
+    """
+    for step in reversed(self._sealed_steps()):
+      if verify.check(self._step_dir(step), contents=False) is None:
+        meta, damage = self._read_meta(step)
+        if damage is None:
+          return step, meta
+    return None
+
   def should_save(self, step: int) -> bool:
     return self.cfg.every > 0 and step % self.cfg.every == 0
 

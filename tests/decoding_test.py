@@ -206,6 +206,43 @@ class FilterTest(parameterized.TestCase):
     self.assertGreater(stats.chisquare(counts[2:]).pvalue, P_ACCEPT)
 
 
+class CategoricalTest(absltest.TestCase):
+  """The inverse-CDF sampler over a vocabulary of several 128-token blocks."""
+
+  def test_matches_softmax_across_blocks(self):
+    # 300 tokens = blocks [0, 128), [128, 256), [256, 300): the middle block
+    # has no mass at all, and a few tokens elsewhere are filtered out.
+    v = 300
+    logits = np.random.default_rng(0).normal(0, 1.5, v).astype(np.float32)
+    logits[128:256] = -1e10
+    logits[[3, 127, 299]] = -1e10
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs[logits < -1e9] = 0.0
+    probs /= probs.sum()
+    n = 40000
+    tokens = np.asarray(jax.jit(sampling.categorical)(
+        jax.random.key(5), jnp.broadcast_to(jnp.asarray(logits), (n, v))))
+    counts = np.bincount(tokens, minlength=v)
+    np.testing.assert_array_equal(counts[probs == 0], 0)
+    support = probs > 0
+    p_ok = stats.chisquare(counts[support], n * probs[support]).pvalue
+    self.assertGreater(p_ok, P_ACCEPT)
+    # Power: half the mass moved from the last block to the first is seen.
+    wrong = probs.copy()
+    wrong[256:] *= 0.5
+    wrong[:128] *= 1 + 0.5 * probs[256:].sum() / probs[:128].sum()
+    self.assertLess(
+        stats.chisquare(counts[support], n * wrong[support]).pvalue, P_REJECT)
+
+  def test_single_allowed_token_is_always_drawn(self):
+    for allowed in (0, 127, 128, 200, 299):
+      logits = np.full((64, 300), -1e10, np.float32)
+      logits[:, allowed] = 3.0
+      tokens = sampling.categorical(jax.random.key(allowed),
+                                    jnp.asarray(logits))
+      np.testing.assert_array_equal(tokens, allowed)
+
+
 class LoopTest(absltest.TestCase):
 
   def _staircase(self, calls_log):

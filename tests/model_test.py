@@ -218,7 +218,9 @@ class CausalityAndPaddingTest(absltest.TestCase):
     wider = jnp.concatenate([inputs, jnp.zeros((3, 4), jnp.int32)], axis=1)
     a = _forward(TINY)(params, inputs, dec_in)
     b = _forward(TINY)(params, wider, dec_in)
-    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    # Equal up to float32 rounding: the wider key length changes how the
+    # matmuls block their sums (a few ulp), padded keys add exact zeros.
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
     # Whereas a real token in the same place does change them.
     c = _forward(TINY)(params, wider.at[:, S].set(5), dec_in)
     self.assertGreater(float(jnp.abs(c - a).max()), 1e-3)

@@ -117,26 +117,74 @@ class RelativePositionBias(nn.Module):
     return bias_HxLxS[None]
 
 
-def dot_product_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS,
+def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
                           dropout_rng=None, dropout_rate=0.0) -> jax.Array:
-  """Unscaled (T5) attention; softmax in float32. Returns [B, L, H, D]."""
-  logits = jnp.einsum("blhd,bshd->bhls", q_BxLxHxD, k_BxSxHxD,
-                      preferred_element_type=jnp.float32)
-  weights = jax.nn.softmax(logits + bias_BxHxLxS, axis=-1)
+  """Unscaled (T5) attention; softmax in float32. Returns [B, L, H, D].
+
+  Keys are stored [batch, heads, head_dim, length] and values [batch, heads,
+  length, head_dim]: the operand layouts of XLA's batched matmul
+  ([batch..., contracted, columns] on the right), so neither is transposed.
+  During decoding they are the KV cache, where a transpose would copy the
+  whole cache at every step; with keys [b, H, S, D] instead, XLA:CPU's
+  batched matmul was 10x slower at T5-small decoding shapes.
+
+  The keys and values may have fewer rows than the queries: with B = R * b,
+  query row r * b + i attends to key/value row i (R completions of each of b
+  prompts share one copy of the encoder's keys and values). The R queries of
+  a prompt then become R * L rows of one matmul against its keys.
+
+  Args:
+    q_BxLxHxD: queries [B, L, H, D].
+    k_bxHxDxS: keys [b, H, D, S], B a multiple of b.
+    v_bxHxSxD: values [b, H, S, D].
+    bias: additive logits bias [B', H', L', S] with B' in (1, b, B), H' in
+      (1, H) and L' in (1, L).
+    dropout_rng / dropout_rate: attention dropout (off when rng is None).
+
+  Returns:
+    [B, L, H, D].
+  """
+  big_b, l, h, d = q_BxLxHxD.shape
+  b, _, _, s = k_bxHxDxS.shape
+  r = big_b // b
+  if r * b != big_b:
+    raise ValueError(f"queries batch {big_b} is not a multiple of the keys' "
+                     f"batch {b}.")
+  # [R * b, L, H, D] -> [b, H, R, L, D]: prompt-major rows of one matmul.
+  q = jnp.transpose(q_BxLxHxD.reshape(r, b, l, h, d), (1, 3, 0, 2, 4))
+  logits = jnp.einsum("bhqd,bhds->bhqs", q.reshape(b, h, r * l, d),
+                      k_bxHxDxS, preferred_element_type=jnp.float32)
+  logits = logits.reshape(b, h, r, l, s) + _grouped_bias(bias, r, b)
+  weights = jax.nn.softmax(logits, axis=-1)
   if dropout_rng is not None and dropout_rate > 0:
     keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, weights.shape)
     weights = weights * keep / (1 - dropout_rate)
-  return jnp.einsum("bhls,bshd->blhd", weights.astype(v_BxSxHxD.dtype),
-                    v_BxSxHxD)
+  y = jnp.einsum("bhqs,bhsd->bhqd",
+                 weights.reshape(b, h, r * l, s).astype(v_bxHxSxD.dtype),
+                 v_bxHxSxD)
+  # [b, H, R, L, D] -> [R * b, L, H, D].
+  y = jnp.transpose(y.reshape(b, h, r, l, d), (2, 0, 3, 1, 4))
+  return y.reshape(big_b, l, h, d)
+
+
+def _grouped_bias(bias, r: int, b: int) -> jax.Array:
+  """[B' , H', L', S] bias -> broadcastable to [b, H, R, L, S]."""
+  if bias.shape[0] == r * b and r > 1:
+    return jnp.transpose(bias.reshape((r, b) + bias.shape[1:]),
+                         (1, 2, 0, 3, 4))
+  return bias[:, :, None]
 
 
 class MultiHeadAttention(nn.Module):
   """T5 attention. In decode mode it keeps a cache in the "cache" collection.
 
-  Self-attention (`is_cross=False`) caches keys and values of the tokens
-  decoded so far in a [B, S_max, H, D] buffer. Cross-attention caches the keys
-  and values of the encoder output once, at the cache-initialising call, and
-  reuses them at every step without touching the encoder output again.
+  Self-attention (`is_cross=False`) caches keys [B, H, D, S_max] and values
+  [B, H, S_max, D] of the tokens decoded so far, written in place one
+  position per step. Cross-attention caches the keys and values of the
+  encoder output once, at the cache-initialising call, and reuses them at
+  every step without touching the encoder output again; the encoder output
+  may have fewer rows than the decoder (see `dot_product_attention`), so
+  several completions of a prompt share one copy.
   """
 
   num_heads: int
@@ -158,23 +206,38 @@ class MultiHeadAttention(nn.Module):
                  dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   def _heads(self, x_BxLxI):
+    """[B, L, H * D] -> [B, L, H, D]."""
     b, l, _ = x_BxLxI.shape
     x = x_BxLxI.reshape(b, l, self.num_heads, self.head_dim)
     return constrain(x, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
 
+  def _keys(self, x_BxSxI):
+    """[B, S, H * D] -> keys [B, H, D, S] (see dot_product_attention)."""
+    b, s, _ = x_BxSxI.shape
+    x = x_BxSxI.reshape(b, s, self.num_heads, self.head_dim)
+    x = jnp.transpose(x, (0, 2, 3, 1))
+    return constrain(x, (axes.BATCH, axes.HEADS, axes.KV, axes.KV_LENGTH))
+
+  def _values(self, x_BxSxI):
+    """[B, S, H * D] -> values [B, H, S, D]."""
+    b, s, _ = x_BxSxI.shape
+    x = x_BxSxI.reshape(b, s, self.num_heads, self.head_dim)
+    x = jnp.transpose(x, (0, 2, 1, 3))
+    return constrain(x, (axes.BATCH, axes.HEADS, axes.KV_LENGTH, axes.KV))
+
   def _key_value(self, key, value, x_kv, decode: bool):
     if not decode:
-      return self._heads(key(x_kv)), self._heads(value(x_kv))
+      return self._keys(key(x_kv)), self._values(value(x_kv))
     if self.is_cross:
       if not self.has_variable("cache", "cross_key"):
-        self.put_variable("cache", "cross_key", self._heads(key(x_kv)))
-        self.put_variable("cache", "cross_value", self._heads(value(x_kv)))
+        self.put_variable("cache", "cross_key", self._keys(key(x_kv)))
+        self.put_variable("cache", "cross_value", self._values(value(x_kv)))
       return (self.get_variable("cache", "cross_key"),
               self.get_variable("cache", "cross_value"))
     return self._self_cache(key, value, x_kv)
 
   def _self_cache(self, key, value, x_Bx1xE):
-    k, v = self._heads(key(x_Bx1xE)), self._heads(value(x_Bx1xE))
+    k, v = self._keys(key(x_Bx1xE)), self._values(value(x_Bx1xE))
     initialised = self.has_variable("cache", "cached_key")
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -182,18 +245,19 @@ class MultiHeadAttention(nn.Module):
                           lambda: jnp.array(0, jnp.int32))
     if not initialised:
       return k, v  # Sizing call: the buffers now hold S_max zero slots.
-    if k.shape[1] != 1:
+    if v.shape[2] != 1:
       raise ValueError(
-          f"Cached decoding takes one token per step; got {k.shape[1]}."
+          f"Cached decoding takes one token per step; got {v.shape[2]}."
       )
+    # In place: one key column and one value row per step.
     i = index.value
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, i, 0, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, i, 0, 0))
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, 0, 0, i))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, 0, i, 0))
     index.value = i + 1
     return ck.value, cv.value
 
   @nn.compact
-  def __call__(self, x_q_BxLxE, x_kv_BxSxE, bias_BxHxLxS, *, decode=False,
+  def __call__(self, x_q_BxLxE, x_kv_BxSxE, bias, *, decode=False,
                deterministic=True) -> jax.Array:
     q = self._heads(self._dense("query")(x_q_BxLxE))
     k, v = self._key_value(self._dense("key"), self._dense("value"),
@@ -201,7 +265,7 @@ class MultiHeadAttention(nn.Module):
     rng = None
     if not deterministic and self.dropout_rate > 0:
       rng = self.make_rng("dropout")
-    y = dot_product_attention(q, k, v, bias_BxHxLxS, rng, self.dropout_rate)
+    y = dot_product_attention(q, k, v, bias, rng, self.dropout_rate)
     b, l = y.shape[:2]
     return self._dense("out")(y.reshape(b, l, self.num_heads * self.head_dim))
 

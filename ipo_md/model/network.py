@@ -110,34 +110,38 @@ class Decoder(nn.Module):
   config: config_lib.T5Config
   shared_embedding: nn.Module
 
-  def _positions(self, length: int, decode: bool):
-    """Query and key positions; in decode mode the query is the cache index."""
-    keys = jnp.arange(length)
-    if not decode:
-      return keys, keys
-    initialised = self.has_variable("cache", "position")
-    position = self.variable("cache", "position",
-                             lambda: jnp.array(0, jnp.int32))
-    if not initialised:
-      return keys, keys  # Sizing call: `length` is the cache length.
-    i = position.value
-    position.value = i + 1
-    return i[None], self.get_variable("cache", "key_positions")
+  def _self_bias(self, length: int, decode: bool):
+    """Relative-position bias plus the causal mask, [1, H, L, S].
+
+    In decode mode the sizing call (tokens of the maximum length) stores the
+    whole [1, H, S_max, S_max] table in the cache, and each step slices the
+    row of its position: no bucketing (a log per key) at every step.
+    """
+    cfg = self.config
+    relpos = layers.RelativePositionBias(
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance, cfg.num_heads,
+        bidirectional=False, name="relpos_bias", **_common(cfg))
+    if decode and self.has_variable("cache", "self_bias"):
+      position = self.variable("cache", "position",
+                               lambda: jnp.array(0, jnp.int32))
+      i = position.value
+      position.value = i + 1
+      return jax.lax.dynamic_slice_in_dim(
+          self.get_variable("cache", "self_bias"), i, 1, axis=2)
+    pos = jnp.arange(length)
+    causal_LxS = pos[None, :] <= pos[:, None]
+    bias = relpos(pos, pos) + _mask_bias(causal_LxS[None])
+    if decode:  # Sizing call: `length` is the cache length.
+      self.put_variable("cache", "self_bias", bias)
+      self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+    return bias
 
   @nn.compact
   def __call__(self, encoded_BxSxE, encoder_mask_BxS, tokens_BxL, *,
                decode=False, deterministic=True):
     cfg = self.config
-    if decode and not self.has_variable("cache", "key_positions"):
-      self.put_variable("cache", "key_positions",
-                        jnp.arange(tokens_BxL.shape[1]))
-    q_pos, k_pos = self._positions(tokens_BxL.shape[1], decode)
-    self_bias = layers.RelativePositionBias(
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=False, name="relpos_bias", **_common(cfg))(q_pos, k_pos)
-    causal = k_pos[None, :] <= q_pos[:, None]
-    self_bias = self_bias + _mask_bias(causal[None])
+    self_bias = self._self_bias(tokens_BxL.shape[1], decode)
     cross_bias = _mask_bias(encoder_mask_BxS[:, None, :])
     x = self.shared_embedding(tokens_BxL)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -177,6 +181,9 @@ class Transformer(nn.Module):
              decode=False, deterministic=True):
     """Decoder logits [B, L, V] (float32).
 
+    `encoded_BxSxE` and `inputs_BxS` may have b rows with B a multiple of b:
+    decoder row r * b + i then reads prompt i (R = B / b completions per
+    prompt share the encoder output and its cross-attention keys/values).
     With `decode=True` the first call sizes the cache (pass tokens of the
     maximum decode length) and stores the cross-attention keys and values;
     each later call takes one token [B, 1] and `encoded_BxSxE=None`.

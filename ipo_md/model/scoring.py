@@ -22,9 +22,10 @@ def score_targets(model: network.Transformer, params, inputs_BxS, targets_BxT,
                   rngs=None) -> types.SequenceLogProbs:
   """Teacher-forced log-probs of `targets` given `inputs`.
 
-  `encoded` [B', S, E] may be passed to skip the encoder; when its batch is
-  a divisor of the targets' batch it is tiled (one encoder pass for several
-  completions of the same prompts, e.g. y and y').
+  `inputs` may have b rows for B = R * b targets: target row r * b + i is a
+  completion of prompt i (e.g. y and y' of each prompt), and the encoder and
+  the cross-attention keys and values run once per prompt. `encoded`
+  [b, S, E] may be passed to skip the encoder.
   """
   deterministic = rngs is None
   if encoded is None:
@@ -37,9 +38,13 @@ def score_targets(model: network.Transformer, params, inputs_BxS, targets_BxT,
         f"targets batch {targets_BxT.shape[0]} is not a multiple of the "
         f"encoded batch {encoded.shape[0]}."
     )
-  if reps > 1:
-    encoded = jnp.tile(encoded, (reps, 1, 1))
-    inputs_BxS = jnp.tile(inputs_BxS, (reps, 1))
+  if inputs_BxS.shape[0] != encoded.shape[0]:
+    raise ValueError(
+        f"inputs batch {inputs_BxS.shape[0]} differs from the encoded batch "
+        f"{encoded.shape[0]}; pass the prompts once per encoder row."
+    )
+  # No tiling: the decoder's cross-attention reads prompt i for rows
+  # i, b + i, 2b + i, ... (network.Transformer.decode).
   logits = model.apply({"params": params}, encoded, inputs_BxS,
                        logprobs.shift_right(targets_BxT),
                        deterministic=deterministic, method=model.decode,
@@ -52,12 +57,14 @@ def score_targets(model: network.Transformer, params, inputs_BxS, targets_BxT,
 def init_decode_cache(model: network.Transformer, params, inputs_BxS,
                       max_decode_length: int, *, repeats: int = 1) -> Any:
   """Runs the encoder once and builds the decoder cache for `repeats`
-  completions per prompt (rows ordered [all prompts] * repeats)."""
+  completions per prompt (rows ordered [all prompts] * repeats).
+
+  The encoder output and its cross-attention keys and values are stored once
+  per prompt, not once per completion: the decoder maps row r * b + i to
+  prompt i.
+  """
   encoded = encode(model, params, inputs_BxS)
-  if repeats > 1:
-    encoded = jnp.tile(encoded, (repeats, 1, 1))
-    inputs_BxS = jnp.tile(inputs_BxS, (repeats, 1))
-  dummy = jnp.zeros((encoded.shape[0], max_decode_length), jnp.int32)
+  dummy = jnp.zeros((repeats * encoded.shape[0], max_decode_length), jnp.int32)
   _, variables = model.apply({"params": params}, encoded, inputs_BxS, dummy,
                              decode=True, method=model.decode,
                              mutable=["cache"])

@@ -190,6 +190,9 @@ class EvaluateTest(absltest.TestCase):
                             out_dir=self.out, sampling_cfg=SAMPLING)
     with self.assertRaisesRegex(ValueError, r"baseline='z' is not a policy"):
       self._evaluate([self.gold], baseline="z")
+    with self.assertRaisesRegex(ValueError, r"level=1.5 .* must be in \(0, "
+                                r"1\)"):
+      self._evaluate([self.gold], level=1.5)
     with self.assertRaisesRegex(ValueError, r"no reference feature 'summary'"):
       side_by_side.load_prompts("synthetic_facts_prompts", "validation",
                                 num_prompts=2, input_length=64,

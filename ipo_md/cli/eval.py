@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                  "the reference judge).")
   p.add_argument("--baseline", default=None,
                  help="Policy name for win rates (default: the first).")
+  p.add_argument("--judge_batch_size", type=int, default=256,
+                 help="Pairs per call of an in-graph judge (gold, pm).")
   g = p.add_argument_group("sampling")
   g.add_argument("--max_decode_length", type=int, default=32)
   g.add_argument("--temperature", type=float, default=1.0)
@@ -352,9 +354,9 @@ def _pm_judge(args, vocab_size: int):
     signal = learned.RewardModel(network=net, head=head).preference()
   else:
     signal = learned.PreferenceModel(network=net, head=head)
+  key = store.digest([_identity(path, step), repr(signal)])
   return judges.SignalJudge(signal, params, name=args.pm_name,
-                            key=store.digest([_identity(path, step),
-                                              repr(signal)]))
+                            batch_size=args.judge_batch_size, key=key)
 
 
 def _check_gold(task: str) -> None:
@@ -417,7 +419,7 @@ def run(args) -> dict:
   built = []
   for kind in kinds:
     if kind == "gold":
-      built.append(judges.gold_judge())
+      built.append(judges.gold_judge(batch_size=args.judge_batch_size))
     elif kind == "llm":
       built.append(_llm_judge(args, out))
     else:

@@ -322,8 +322,13 @@ def _describe(responses: Responses, prompts: Prompts, eos_id: int) -> dict:
 
 
 def _check(policies: Sequence[Policy], judges: Sequence, prompts: Prompts,
-           baseline: str | None) -> str:
+           baseline: str | None, level: float, num_bootstrap: int) -> str:
   """Validates the inputs before any sampling; returns the baseline."""
+  if not 0.0 < level < 1.0 or num_bootstrap < 1:
+    raise ValueError(
+        f"level={level} and num_bootstrap={num_bootstrap}: the interval "
+        "level must be in (0, 1) (e.g. 0.9) and num_bootstrap >= 1 (e.g. "
+        "1000).")
   if len(policies) < 2:
     raise ValueError(f"evaluate needs at least 2 policies; got "
                      f"{len(policies)}. Pass two or more.")
@@ -391,7 +396,8 @@ def evaluate(policies: Sequence[Policy], judges: Sequence[judges_lib.Judge],
 
   from ipo_md.eval import report  # pylint: disable=g-import-not-at-top
 
-  baseline = _check(policies, judges, prompts, baseline)
+  baseline = _check(policies, judges, prompts, baseline, level,
+                    num_bootstrap)
   out_dir = pathlib.Path(out_dir)
   responses, sampled = [], []
   for policy in policies:

@@ -152,6 +152,50 @@ class MixtureDistributionTest(parameterized.TestCase):
     np.testing.assert_array_equal(tokens_mix, tokens)
 
 
+class PerRowMixtureTest(absltest.TestCase):
+
+  def test_rows_with_beta_zero_are_the_policy_others_the_mixture(self):
+    # One sampler call: even rows beta = 0 (the policy), odd rows 0.6.
+    beta_B = np.where(np.arange(N) % 2 == 0, 0.0, 0.6).astype(np.float32)
+    t2l = mixture.geometric_mixture(fake(POLICY), fake(REF), beta_B)
+    cfg = sampling.SamplingConfig(max_decode_length=1)
+    tokens, out = _first_tokens(t2l, (jnp.int32(0), jnp.int32(0)), cfg,
+                                seed=11)
+    policy_rows, mixture_rows = tokens[0::2], tokens[1::2]
+    policy = _without_pad(_np_log_softmax(POLICY))
+    self.assertGreater(_chisquare(policy_rows, policy), P_ACCEPT)
+    self.assertGreater(_chisquare(mixture_rows, _mixture_probs(0.6)),
+                       P_ACCEPT)
+    # Power: each half rejects the other half's distribution.
+    self.assertLess(_chisquare(policy_rows, _mixture_probs(0.6)), P_REJECT)
+    self.assertLess(_chisquare(mixture_rows, policy), P_REJECT)
+    # Both models' log-probs are recorded for every row.
+    np.testing.assert_allclose(out.aux_logps["ref"][:, 0],
+                               _np_log_softmax(REF)[tokens], atol=1e-6)
+
+  def test_float_and_constant_array_agree(self):
+    cfg = sampling.SamplingConfig(max_decode_length=1)
+    scalar = mixture.geometric_mixture(fake(POLICY), fake(REF), 0.3)
+    rows = mixture.geometric_mixture(fake(POLICY), fake(REF),
+                                     np.full((N,), 0.3, np.float32))
+    cache = (jnp.int32(0), jnp.int32(0))
+    a, _ = _first_tokens(scalar, cache, cfg, seed=2)
+    b, _ = _first_tokens(rows, cache, cfg, seed=2)
+    np.testing.assert_array_equal(a, b)
+
+  def test_bad_per_row_beta(self):
+    with self.assertRaisesRegex(ValueError, "in every row"):
+      mixture.geometric_mixture(fake(POLICY), fake(REF),
+                                np.array([0.0, 1.5], np.float32))
+    with self.assertRaisesRegex(ValueError, r"float array \[batch\]"):
+      mixture.geometric_mixture(fake(POLICY), fake(REF),
+                                np.zeros((2, 2), np.float32))
+    t2l = mixture.geometric_mixture(fake(POLICY), fake(REF),
+                                    np.zeros((3,), np.float32))
+    with self.assertRaisesRegex(ValueError, "one weight per row"):
+      t2l(jnp.zeros((4, 1), jnp.int32), (0, 0))
+
+
 class FilterTest(parameterized.TestCase):
 
   @parameterized.named_parameters(

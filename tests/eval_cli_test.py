@@ -126,6 +126,10 @@ def test_three_kinds_of_checkpoint_and_rerun(ckpts, tmp_path, capsys):
     (["a", "b=A"], ["--split=test"],
      r"--task synthetic_facts_prompts --split test: .*no split 'test'; it "
      r"has \('train', 'validation'\).*Fix --task, --split"),
+    (["a", "b=A"], ["--task=tldr_prompts"],
+     r"--judge gold is the oracle of the synthetic facts task, but --task "
+     r"tldr_prompts uses another vocabulary"),
+    (["a", "b=A"], ["--num_prompts=0"], r"--num_prompts=0 must be >= 1"),
     (["a", "b=A"], ["--judge=llm"], r"--judge llm needs a server and a "
      r"model: pass --llm_base_url and --llm_model"),
     (["a", "b=A"], ["--judge=pm"], r"--judge pm needs --pm_checkpoint"),

@@ -363,9 +363,17 @@ def _check_gold(task: str) -> None:
   from ipo_md.data import pipeline  # pylint: disable=g-import-not-at-top
   from ipo_md.data import synthetic  # pylint: disable=g-import-not-at-top
 
-  vocab = pipeline.get_task(task).output_features["inputs"].vocabulary
-  words = " ".join(synthetic.WORDS)
-  if list(vocab.encode(words)) != list(synthetic.vocabulary().encode(words)):
+  try:
+    vocab = pipeline.get_task(task).output_features["inputs"].vocabulary
+  except ValueError as e:
+    raise UsageError(f"--task {task}: {e}") from e
+  # Compared by file, not by encoding: another task's vocabulary may live on
+  # gs:// (the T5 vocabulary), which a machine without network cannot read.
+  path = str(getattr(vocab, "sentencepiece_model_file", "") or "")
+  same = (path and "://" not in path and os.path.isfile(path)
+          and pathlib.Path(path).read_bytes()
+          == synthetic.VOCAB_PATH.read_bytes())
+  if not same:
     raise UsageError(
         f"--judge gold is the oracle of the synthetic facts task, but --task "
         f"{task} uses another vocabulary. Use --judge llm or --judge pm for "
@@ -375,6 +383,8 @@ def _check_gold(task: str) -> None:
 def _prompts(args):
   from ipo_md.eval import side_by_side  # pylint: disable=g-import-not-at-top
 
+  if args.num_prompts < 1:
+    raise UsageError(f"--num_prompts={args.num_prompts} must be >= 1.")
   refs = args.references.split(",") if args.references else None
   try:
     return side_by_side.load_prompts(

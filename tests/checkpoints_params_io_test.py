@@ -270,12 +270,12 @@ class CommandLineTest(absltest.TestCase):
     self.assertEqual((root / "hf_in" / "model.safetensors").read_bytes(),
                      (root / "hf_out" / "model.safetensors").read_bytes())
 
-  def test_bad_input_exits_1_with_a_message(self):
+  def test_bad_input_exits_2_with_a_message(self):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
       rc = convert.main(["--from_hf", str(self.tmp()), "--to",
                          str(self.tmp() / "x")])
-    self.assertEqual(rc, 1)
+    self.assertEqual(rc, 2)
     self.assertIn("config.json", err.getvalue())
 
 

@@ -84,8 +84,9 @@ class InspectTest(absltest.TestCase):
   def test_parse_lengths(self):
     self.assertEqual(data_cli.parse_lengths("inputs=512,targets=64"),
                      {"inputs": 512, "targets": 64})
-    with self.assertRaises(SystemExit):
-      _run(["inspect", "--task=x", "--lengths=inputs:512"])
+    code, out, err = _run(["inspect", "--task=x", "--lengths=inputs:512"])
+    self.assertEqual((code, out), (2, ""))
+    self.assertIn("--lengths item 'inputs:512' must look like NAME=INT", err)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Tests of the XSum tasks: TFDS mock data, and the real tarball if present."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import pathlib
 import tarfile
@@ -8,6 +10,8 @@ import tempfile
 from unittest import mock
 
 from absl.testing import absltest
+from ipo_md.cli import data as data_cli
+from ipo_md.data import errors
 from ipo_md.data import pipeline
 from ipo_md.data import xsum
 import ipo_md_tasks
@@ -77,6 +81,31 @@ class XsumMockTest(absltest.TestCase):
       xsum.prepare(data_dir=str(self.empty_dir),
                    manual_dir=str(self.empty_dir))
 
+  def test_prepare_without_split_file_fails_fast_with_the_fix(self):
+    manual = _tempdir(self)
+    (manual / xsum.TARBALL).write_bytes(b"")
+    with mock.patch.object(tfds.download.DownloadManager, "download",
+                           side_effect=AssertionError("network used")):
+      with self.assertRaisesRegex(
+          errors.MissingDataError,
+          rf"XSum split file {manual}/{xsum.SPLIT_FILE}: no such file\. .*"
+          rf"curl -fO {xsum.SPLIT_URL}.*--split_file=PATH"):
+        xsum.prepare(data_dir=str(manual / "tfds"), manual_dir=str(manual))
+    self.assertFalse((manual / "tfds").exists())
+
+  def test_split_file_is_checked(self):
+    folder = _tempdir(self)
+    for text, message in (
+        ("{", "is not valid JSON"),
+        (json.dumps({"train": ["1"], "validation": [2]}),
+         r"no list of string ids for \['validation', 'test'\]")):
+      (folder / "split.json").write_text(text)
+      with self.assertRaisesRegex(errors.DataError, message):
+        xsum.read_split_file(str(folder / "split.json"))
+    ids = {"train": ["a"], "validation": ["b"], "test": ["c", "d"]}
+    (folder / "split.json").write_text(json.dumps(ids))
+    self.assertEqual(xsum.read_split_file(str(folder / "split.json")), ids)
+
 
 def _prepare_sample(data_dir: pathlib.Path) -> dict[str, list[str]]:
   """Builds TFDS xsum offline from the sample tarball and a local split file."""
@@ -87,11 +116,13 @@ def _prepare_sample(data_dir: pathlib.Path) -> dict[str, list[str]]:
                "test": ids[260:]}
   split_file = data_dir / "split.json"
   split_file.write_text(json.dumps(split_ids))
-  # TFDS downloads only the split file; everything else is local.
+  # No network: the split file is passed; everything else is local too.
   with mock.patch.object(tfds.download.DownloadManager, "download",
-                         lambda self, url: str(split_file)):
-    xsum.prepare(data_dir=str(data_dir / "tfds"),
-                 manual_dir=str(XSUM_SAMPLE))
+                         side_effect=AssertionError("network used")):
+    counts = xsum.prepare(data_dir=str(data_dir / "tfds"),
+                          manual_dir=str(XSUM_SAMPLE),
+                          split_file=str(split_file))
+  assert counts == {s: len(v) for s, v in split_ids.items()}, counts
   return split_ids
 
 
@@ -122,6 +153,24 @@ class XsumSampleTest(absltest.TestCase):
     self.assertEqual(
         summaries,
         sorted(by_id[i]["summary"] for i in self.split_ids["validation"]))
+
+  def test_prepare_xsum_command_offline(self):
+    # The split file in the documented place: the manual folder.
+    manual = self.data_dir / "manual"
+    manual.mkdir()
+    (manual / xsum.TARBALL).symlink_to(XSUM_SAMPLE / xsum.TARBALL)
+    (manual / xsum.SPLIT_FILE).write_text(json.dumps(self.split_ids))
+    out = io.StringIO()
+    with mock.patch.object(tfds.download.DownloadManager, "download",
+                           side_effect=AssertionError("network used")):
+      with contextlib.redirect_stdout(out):
+        code = data_cli.main(["prepare-xsum", f"--manual_dir={manual}",
+                              f"--data_dir={self.data_dir / 'tfds2'}"])
+    self.assertEqual(code, 0)
+    self.assertEqual(
+        out.getvalue().strip().splitlines()[-1],
+        f"Prepared {xsum.TFDS_NAME} in {self.data_dir / 'tfds2'}: train 200 "
+        "examples, validation 60 examples, test 61 examples.")
 
   def test_prompts_with_the_t5_prefix(self):
     batch = pipeline.load_batch(

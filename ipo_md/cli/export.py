@@ -24,8 +24,9 @@ params are read. The output loads with
 """
 
 import argparse
-import pathlib
 import sys
+
+from ipo_md.cli import flag_checks
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,18 +39,50 @@ def _parser() -> argparse.ArgumentParser:
                       help="Params checkpoint, or a training stage folder "
                       "(MODEL_DIR/<stage>, its checkpoints/ or one step).")
   parser.add_argument("--to_hf", required=True, metavar="DIR",
-                      help="Output folder for config.json + model.safetensors.")
+                      help="Output folder for config.json + model.safetensors "
+                      "(must not exist or be empty).")
   parser.add_argument("--dtype", default="float32",
                       choices=("float32", "bfloat16", "float16"),
                       help="dtype of the written weights (default float32).")
-  parser.add_argument("--step", type=int, default=None,
+  parser.add_argument("--step", type=flag_checks.int_at_least(0),
+                      default=None,
                       help="Training checkpoints only: which step (default "
                       "the latest).")
   return parser
 
 
+def _check_args(args: argparse.Namespace) -> bool:
+  """Checks every flag before any tensor is read; True for a params
+  checkpoint, False for a training stage."""
+  from ipo_md.checkpoints import hf  # pylint: disable=g-import-not-at-top
+  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
+  from ipo_md.checkpoints import t5x_import  # pylint: disable=g-import-not-at-top
+
+  source = flag_checks.input_dir(
+      args.source, "--from", "a params checkpoint or a training stage")
+  flag_checks.output_dir(args.to_hf, "--to_hf", must_be_empty=True)
+  if params_io.is_params_dir(source):
+    if args.step is not None:
+      raise flag_checks.UsageError(
+          f"--step applies to training checkpoints, and --from {args.source} "
+          "is a params checkpoint (one set of weights); drop --step.")
+    return True
+  if hf.is_hf_dir(source):
+    raise flag_checks.UsageError(
+        f"--from {args.source} is a Hugging Face folder already; load it with "
+        "transformers, or import it with `ipo-md convert --from_hf`.")
+  if t5x_import.is_t5x_checkpoint(source):
+    raise flag_checks.UsageError(
+        f"--from {args.source} is a T5X checkpoint; import it first with "
+        "`ipo-md convert --from_t5x`, then export the result.")
+  return False
+
+
 def main(argv: list[str]) -> int:
-  args = _parser().parse_args(argv)
+  try:
+    args = _parser().parse_args(argv)
+  except SystemExit as e:  # argparse printed the usage and the error.
+    return int(e.code or 0)
   import jax  # pylint: disable=g-import-not-at-top
 
   from ipo_md.checkpoints import hf  # pylint: disable=g-import-not-at-top
@@ -57,20 +90,17 @@ def main(argv: list[str]) -> int:
 
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   try:
-    if not pathlib.Path(args.source).is_dir():
-      raise FileNotFoundError(f"--from {args.source} is not a directory.")
-    if params_io.is_params_dir(args.source):
-      if args.step is not None:
-        raise ValueError("--step applies to training checkpoints, and "
-                         f"{args.source} is a params checkpoint.")
+    if _check_args(args):
       params, config = params_io.load_params(args.source, shardings=cpu)
     else:
       params, config = params_io.load_train_params(
           args.source, step=args.step, shardings=cpu)
     hf.export_hf(params, config, args.to_hf, dtype=args.dtype)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"ipo-md export: {e}", file=sys.stderr)
-    return 1
+  except (ValueError, OSError) as e:
+    # ValueError covers UsageError and the loaders' errors, OSError a file
+    # the checks could not foresee (permissions, a full disk).
+    print(f"ipo-md export: error: {e}", file=sys.stderr)
+    return 2
   print(f"Wrote {args.to_hf} (config.json + model.safetensors, {args.dtype}).")
   return 0
 

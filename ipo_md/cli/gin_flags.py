@@ -2,21 +2,59 @@
 
 Everything here turns a user's mistake into one message that names the thing
 and the fix, before any model is built.
+
+Where the gin files are. The repository's `gin/` folder is installed as the
+data package `ipo_md_gin` (see setup.py), so `gin_dir()` finds it in an
+editable install (the repository itself), in a wheel or `pip install .`
+(site-packages/ipo_md_gin) and from any working folder; `--gin_file` accepts
+`ipo_md_tiny.gin`, `gin/ipo_md_tiny.gin` or any path.
+
+Bindings of the task registrations. `ipo_md_tasks.register_tldr_tasks.sft_dir`
+is registered with gin only by a gin file that imports `ipo_md_tasks` and
+binds it (dynamic registration), so a command-line binding of it alone would
+find "No configurable matching". Bindings of `ipo_md_tasks.*` are therefore
+parsed with their own `from __gin__ import dynamic_registration` and `import
+ipo_md_tasks` preamble (`TASK_BINDINGS_PREAMBLE`).
 """
 
 import argparse
 import ast
+import importlib.util
 import logging
 import os
 import pathlib
 
 import gin
 
-# The repository's gin/ folder (an editable install keeps it beside the code).
-DEFAULT_SEARCH_PATHS = (
-    str(pathlib.Path(__file__).resolve().parents[2] / "gin"),
-    str(pathlib.Path(__file__).resolve().parents[2]),
-)
+# The top-level package of the seqio task registrations (the tasks/ folder).
+TASKS_PACKAGE = "ipo_md_tasks"
+# The data package that holds the gin files (the gin/ folder).
+GIN_PACKAGE = "ipo_md_gin"
+# Lets a binding name the registration functions without a gin file.
+TASK_BINDINGS_PREAMBLE = ("from __gin__ import dynamic_registration",
+                          f"import {TASKS_PACKAGE}")
+
+
+def gin_dir() -> str:
+  """The folder of the shipped gin files, in any kind of install.
+
+  The installed package `ipo_md_gin` when it exists (a non-editable install,
+  or an editable one made after it was added), else the repository's gin/
+  beside the `ipo_md` sources (an older editable install).
+  """
+  try:
+    spec = importlib.util.find_spec(GIN_PACKAGE)
+  except (ImportError, ValueError):
+    spec = None
+  for location in (spec.submodule_search_locations or []) if spec else []:
+    if os.path.isfile(os.path.join(location, "runs", "train.gin")):
+      return str(pathlib.Path(location).resolve())
+  return str(pathlib.Path(__file__).resolve().parents[2] / "gin")
+
+
+# Searched after --gin_search_paths: the gin files, then the folder above
+# them (the repository root in a checkout, so "gin/x.gin" also resolves).
+DEFAULT_SEARCH_PATHS = (gin_dir(), str(pathlib.Path(gin_dir()).parent))
 
 
 class _QuietSearch(logging.Filter):
@@ -67,14 +105,22 @@ def _quote_if_bare(value: str) -> str:
     return repr(v)
 
 
-def _resolve(gin_file: str, search_paths: list[str]) -> str:
+def resolve(gin_file: str, search_paths: list[str]) -> str:
+  """The path of `gin_file`: as given, else under a search path; a leading
+  "gin/" also matches the shipped gin folder (`gin/ipo_md_tiny.gin` works
+  from any folder and in a non-editable install)."""
   if os.path.isfile(gin_file):
     return gin_file
+  names = [gin_file]
+  parts = pathlib.PurePath(gin_file).parts
+  if len(parts) > 1 and parts[0] == "gin":
+    names.append(os.path.join(*parts[1:]))
   for path in search_paths:
-    candidate = os.path.join(path, gin_file)
-    if os.path.isfile(candidate):
-      return candidate
-  raise SystemExit(
+    for name in names:
+      candidate = os.path.join(path, name)
+      if os.path.isfile(candidate):
+        return candidate
+  raise FileNotFoundError(
       f"gin file {gin_file!r} not found (looked in the current folder and "
       f"{search_paths}). Check the spelling, or add its folder with "
       "--gin_search_paths.")
@@ -87,14 +133,43 @@ def parse(args: argparse.Namespace, dot_bindings: list[str]) -> None:
   logging.getLogger().addFilter(_QuietSearch())
   for path in search:
     gin.add_config_file_search_path(path)
-  files = [_resolve(f, search) for f in args.gin_file]
+  try:
+    files = [resolve(f, search) for f in args.gin_file]
+  except FileNotFoundError as e:
+    raise SystemExit(str(e)) from None
   if not files:
     raise SystemExit("No --gin_file given; e.g. --gin_file=gin/ipo_md_tiny.gin")
   bindings = list(args.gin_bindings) + dot_bindings
   try:
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    parse_files_and_bindings(files, bindings)
   except (ValueError, KeyError, SyntaxError, ImportError, IOError) as e:
     raise SystemExit(
         f"Invalid gin configuration: {e}\nCheck the names in your gin files "
         "and --gin.* bindings (a configurable's path is module.function.arg; "
         "run with the file's `import` lines intact).") from e
+
+
+def is_task_binding(binding: str) -> bool:
+  """Whether `binding` ("[scope/]name.param = value") binds a function of
+  the task package, e.g. ipo_md_tasks.register_tldr_tasks.sft_dir."""
+  key = binding.split("=", 1)[0].strip()
+  return key.rsplit("/", 1)[-1].startswith(TASKS_PACKAGE + ".")
+
+
+def parse_files_and_bindings(files: list[str], bindings: list[str]) -> None:
+  """Parses gin files, then bindings, without finalizing the config.
+
+  Bindings of `ipo_md_tasks.*` are parsed after the rest, behind
+  `TASK_BINDINGS_PREAMBLE`, so that they work with no gin file that binds
+  the same function (see the module docstring).
+
+  Raises:
+    Whatever gin raises for a bad file or binding (ValueError, KeyError,
+    SyntaxError, ImportError, IOError).
+  """
+  lines = [line for b in bindings for line in b.splitlines() if line.strip()]
+  tasks = [b for b in lines if is_task_binding(b)]
+  rest = [b for b in lines if not is_task_binding(b)]
+  gin.parse_config_files_and_bindings(files, rest, finalize_config=False)
+  if tasks:
+    gin.parse_config(list(TASK_BINDINGS_PREAMBLE) + tasks)

@@ -13,8 +13,23 @@ import pathlib
 import sys
 import time
 
+from ipo_md.cli import flag_checks
 from ipo_md.theory import figures
 from ipo_md.theory import report
+
+
+def _eps(text: str) -> float:
+  """An argparse type: the cycle's asymmetry, |eps| <= 1/3."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a number in [-1/3, 1/3]") from None
+  if not abs(value) <= 1 / 3:  # Also refuses nan.
+    raise argparse.ArgumentTypeError(
+        f"{value} is not a number in [-1/3, 1/3] (the equilibrium needs "
+        "probabilities 1/3 + eps/2 and 1/3 - eps >= 0)")
+  return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,28 +39,32 @@ def _parser() -> argparse.ArgumentParser:
       description="Tabular preference games: trajectories of online IPO, "
       "offline IPO and IPO-MD, exploitability, and the IPO-MD fixed point "
       "against beta (arXiv 2403.08635 App. E style).")
-  parser.add_argument("--out", required=True, type=pathlib.Path,
+  parser.add_argument("--out", required=True,
                       help="folder for results.json and the PNG figures.")
-  parser.add_argument("--seed", type=int, default=defaults.seed,
+  parser.add_argument("--seed", type=flag_checks.int_at_least(0),
+                      default=defaults.seed,
                       help="seed of the sampled run and the random games.")
-  parser.add_argument("--tau", type=float, default=defaults.tau,
+  parser.add_argument("--tau", type=flag_checks.positive_float,
+                      default=defaults.tau,
                       help="regularisation of the game (App. E: 0.1).")
-  parser.add_argument("--eps", type=float, default=defaults.eps,
+  parser.add_argument("--eps", type=_eps, default=defaults.eps,
                       help="asymmetry of the 3-action cycle, |eps| <= 1/3.")
-  parser.add_argument("--betas", type=float, nargs="+",
+  parser.add_argument("--betas", type=flag_checks.open_unit_float, nargs="+",
                       default=list(defaults.betas),
                       help="IPO-MD mixture weights to draw, each in (0, 1).")
-  parser.add_argument("--steps", type=int, default=defaults.num_steps,
+  parser.add_argument("--steps", type=flag_checks.int_at_least(1),
+                      default=defaults.num_steps,
                       help="exact-gradient steps per trajectory.")
-  parser.add_argument("--learning-rate", type=float,
+  parser.add_argument("--learning-rate", type=flag_checks.positive_float,
                       default=defaults.learning_rate,
                       help="gradient-descent step on the exact loss.")
-  parser.add_argument("--sampled-steps", type=int,
+  parser.add_argument("--sampled-steps", type=flag_checks.int_at_least(1),
                       default=defaults.sampled_steps,
                       help="Adafactor steps of the sampled online IPO run.")
-  parser.add_argument("--beta-grid", type=int, default=defaults.beta_grid,
+  parser.add_argument("--beta-grid", type=flag_checks.int_at_least(2),
+                      default=defaults.beta_grid,
                       help="number of betas in [0, 1] for the fixed points.")
-  parser.add_argument("--random-games", type=int,
+  parser.add_argument("--random-games", type=flag_checks.int_at_least(1),
                       default=defaults.num_random_games,
                       help="random games of the variance check.")
   return parser
@@ -73,16 +92,21 @@ def _headline(results: dict) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-  args = _parser().parse_args(argv)
   try:
+    args = _parser().parse_args(argv)
+  except SystemExit as e:  # argparse printed the usage and the error.
+    return int(e.code or 0)
+  try:
+    out = flag_checks.output_dir(args.out, "--out", must_be_empty=False)
     config = report.LabConfig(
         tau=args.tau, eps=args.eps, betas=tuple(args.betas),
         num_steps=args.steps, learning_rate=args.learning_rate,
         sampled_steps=args.sampled_steps, beta_grid=args.beta_grid,
         num_random_games=args.random_games, seed=args.seed)
   except ValueError as e:
-    print(f"ipo-md theory: {e}", file=sys.stderr)
+    print(f"ipo-md theory: error: {e}", file=sys.stderr)
     return 2
+  args.out = pathlib.Path(str(out))
   start = time.time()
   results = report.run(config, log=_log)
   args.out.mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,14 @@ setuptools.setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10",
+    # tasks/ and gin/ are top-level folders of the repository; they install
+    # as the packages ipo_md_tasks (the seqio tasks) and ipo_md_gin (the gin
+    # files, found by ipo_md.cli.gin_flags.gin_dir()).
     packages=setuptools.find_packages(include=["ipo_md", "ipo_md.*"])
-    + ["ipo_md_tasks"],
-    package_dir={"ipo_md_tasks": "tasks"},
-    package_data={"ipo_md": ["gin/**/*.gin", "data/assets/*"]},
+    + ["ipo_md_tasks", "ipo_md_gin"],
+    package_dir={"ipo_md_tasks": "tasks", "ipo_md_gin": "gin"},
+    package_data={"ipo_md": ["data/assets/*"],
+                  "ipo_md_gin": ["*.gin", "**/*.gin"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require={

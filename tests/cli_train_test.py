@@ -106,7 +106,7 @@ def test_unwritable_model_dir(tmp_path):
   assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("stage", ["sft", "ipo_md"])
+@pytest.mark.parametrize("stage", ["sft", "pm", "ipo_md"])
 def test_batch_the_data_axis_does_not_divide_fails_before_training(
     tmp_path, stage):
   """8 devices, batch 6: caught for every stage before the first one trains
@@ -220,8 +220,10 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
   assert 0 < stopped_at < long_run
   assert _checkpoint_steps(model_dir / "ipo_md") == [stopped_at]
   assert _checkpoint_steps(model_dir / "sft") == [3]
+  assert _checkpoint_steps(model_dir / "pm") == [2]
 
-  # 2. Rerun (with fewer steps): SFT is skipped, IPO-MD resumes and finishes.
+  # 2. Rerun (with fewer steps): SFT and the PM are skipped, IPO-MD resumes
+  # and finishes.
   final = stopped_at + 2
   resumed = subprocess.run(
       _train_cmd(model_dir, f"--gin.ipo_md/loop.LoopConfig.num_steps={final}"),
@@ -230,15 +232,17 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
   out = resumed.stdout
   assert resumed.returncode == 0, out + resumed.stderr[-4000:]
   assert f"[sft] already finished in {model_dir / 'sft'}; skipping." in out
+  assert f"[pm] already finished in {model_dir / 'pm'}; skipping." in out
   assert (f"[ipo_md] resumed from {model_dir / 'ipo_md' / 'checkpoints'}/"
           f"{stopped_at} (data position {stopped_at}).") in out, out
   assert f"[ipo_md] done: {final} steps" in out, out
-  for stage in ("sft", "ipo_md"):
+  for stage in ("sft", "pm", "ipo_md"):
     assert f"checkpoints {model_dir / stage / 'checkpoints'}" in out, out
     assert f"metrics     {model_dir / stage / 'metrics.jsonl'}" in out, out
     assert f"TensorBoard {model_dir / stage / 'tensorboard'}" in out, out
   assert f"operative config: {model_dir / 'config.gin'}" in out, out
-  assert "final eval  {" in out and "'eval/win_rate_vs_ref'" in out, out
+  assert "final eval  {" in out and "'eval/win_rate_vs_ref/gold'" in out, out
+  assert "'eval/win_rate_vs_ref/pm'" in out, out
 
   # Outputs: the operative config, metrics of every step once, event files,
   # checkpoints of both stages.
@@ -253,8 +257,15 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
   for record in sft_log[1:] + ipo_log[1:]:
     assert math.isfinite(record["loss"]), record
   for record in (ipo_log[0], ipo_log[-1]):
-    assert 0.0 <= record["eval/win_rate_vs_ref"] <= 1.0, record
-  for stage in ("sft", "ipo_md"):
+    for judge in ("gold", "pm"):
+      assert 0.0 <= record[f"eval/win_rate_vs_ref/{judge}"] <= 1.0, record
+  pm_log = _steps(model_dir / "pm" / "metrics.jsonl")
+  assert [r["step"] for r in pm_log] == [0, 1, 2]
+  for key in ("eval/accuracy", "eval/log_loss", "eval/ece",
+              "eval/gold_agreement", "eval/gold_accuracy"):
+    assert math.isfinite(pm_log[-1][key]), pm_log[-1]
+  assert (model_dir / "pm" / "reliability.png").stat().st_size > 0
+  for stage in ("sft", "pm", "ipo_md"):
     events = list((model_dir / stage / "tensorboard").glob("events.out.*"))
     assert events and all(e.stat().st_size > 0 for e in events), stage
   assert _checkpoint_steps(model_dir / "sft") == [3]
@@ -268,7 +279,7 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
       f"--gin.ipo_md/loop.LoopConfig.num_steps={final}"]) == 0
   assert time.monotonic() - start < FAST_S
   out = capsys.readouterr().out
-  for stage in ("sft", "ipo_md"):
+  for stage in ("sft", "pm", "ipo_md"):
     assert f"[{stage}] already finished in {model_dir / stage}" in out, out
   assert not re.search(r"\] step +\d+/", out), "nothing may train"
   assert len(_steps(model_dir / "ipo_md" / "metrics.jsonl")) == final + 1

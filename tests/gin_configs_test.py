@@ -38,20 +38,27 @@ def test_model_gin_files(size, expected_millions):
   assert count / 1e6 == pytest.approx(expected_millions, abs=0.01)
 
 
+LARGE_FLAGS = ["--gin.MODEL_DIR=/tmp/unused",
+               "--gin.INITIAL_CHECKPOINT='/tmp/unused'",
+               "--gin.PREFERENCE_CHECKPOINT='/tmp/unused'",
+               "--gin.partitioning.MeshConfig.model=4"]
+
+
 def test_large_config_builds_abstractly_with_shardings(capsys):
+  """Policy T5-L + reference T5-L + preference model T5-XL on a (2,4) mesh,
+  planned and traced abstractly (no memory, no checkpoint read)."""
   described = train_cli.main([
       f"--gin_file={GIN_DIR / 'ipo_md_large.gin'}", "--dry_run",
-      "--gin.MODEL_DIR=/tmp/unused", "--gin.INITIAL_CHECKPOINT='/tmp/unused'",
-      "--gin.PREFERENCE=None", "--gin.partitioning.MeshConfig.model=4"])
+      *LARGE_FLAGS])
   assert described == 0
   out = capsys.readouterr().out
-  assert "[ipo_md] 783.2M parameters" in out
-  assert "'data': 2, 'model': 4" in out
+  assert ("[ipo_md] trains the policy (from initial): 783.2M parameters, "
+          "2.92 GiB; reads reference from initial (783.2M), preference from "
+          "initial (2849.8M); mesh {'data': 2, 'model': 4}") in out, out
   # The paper's hyper-parameters, as the operative configuration holds them.
   assert gin.query_parameter("losses.ipo_loss.tau") == 1.0
   assert gin.query_parameter("objectives.OnlinePairwise.beta") == 0.125
   assert gin.query_parameter("ipo_md/data_pipeline.DataConfig.batch_size") == 32
-  assert gin.query_parameter("ipo_md/pipeline.Stage.samples_per_row") == 2
   assert gin.query_parameter("ipo_md/pipeline.OptimizerConfig.learning_rate") == 1e-4
   assert gin.query_parameter("ipo_md/pipeline.OptimizerConfig.schedule") == "constant"
   assert gin.query_parameter("ipo_md/loop.LoopConfig.num_steps") == 30000
@@ -65,8 +72,7 @@ def test_large_state_shardings():
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(
       [str(GIN_DIR / "ipo_md_large.gin")],
-      ["MODEL_DIR='/tmp/unused'", "INITIAL_CHECKPOINT='/tmp/unused'",
-       "PREFERENCE=None", "partitioning.MeshConfig.model = 4"],
+      [f.removeprefix("--gin.") for f in LARGE_FLAGS],
       finalize_config=False)
   described = gin.get_configurable(train_cli.train)(dry_run=True)
   state = described["ipo_md"]["state"]
@@ -78,3 +84,24 @@ def test_large_state_shardings():
   # Adafactor keeps factored statistics only (no full-size second moment).
   opt_leaves = jax.tree_util.tree_leaves(state.opt_state)
   assert sum(x.size for x in opt_leaves) < 0.01 * 783e6
+  # The frozen T5-XL preference model is sharded on the same mesh.
+  pm = described["ipo_md"]["frozen_params"].preference
+  pm_mlp = pm["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  assert pm_mlp.shape == (2048, 5120)
+  assert pm_mlp.sharding.spec == P(None, "model")
+  ref = described["ipo_md"]["frozen_params"].reference
+  assert ref["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].shape == (1024,
+                                                                       2816)
+
+
+@pytest.mark.parametrize("gin_file,expected", [
+    ("pm_tldr_xl.gin", "[pm] trains the preference (from initial): 2849.8M"),
+    ("rm_tldr_xl.gin", "[rm] trains the reward (from initial): 2849.8M"),
+    ("ipo_md_tiny.gin", "[ipo_md] trains the policy (from sft): 0.2M "
+     "parameters, 0.00 GiB; reads reference from sft (0.2M), preference from "
+     "pm (0.2M)"),
+])
+def test_other_configs_plan_and_trace_abstractly(gin_file, expected, capsys):
+  assert train_cli.main([f"--gin_file={GIN_DIR / gin_file}", "--dry_run",
+                         "--gin.MODEL_DIR=/tmp/unused"]) == 0
+  assert expected in capsys.readouterr().out

@@ -5,7 +5,9 @@ module is imported only when its subcommand runs, so `ipo-md theory` never
 pays for TensorFlow and `ipo-md train` never pays for matplotlib.
 """
 
+import contextlib
 import importlib
+import os
 import sys
 
 # subcommand -> (module under ipo_md.cli, one-line help).
@@ -28,6 +30,36 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
+# Subcommands that load TensorFlow (seqio, TFDS).
+_NEEDS_TF = ("train", "data", "eval", "tournament")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+  """TensorFlow's C++ start-up notes (oneDNN, "could not find cuda drivers")
+  are printed before any log level applies; the first import happens with
+  file descriptor 2 pointed at /dev/null. Python errors still show."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+def _import_tensorflow_quietly() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  try:
+    with _native_stderr_silenced():
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pass  # The subcommand's own import reports it.
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help", "help"):
@@ -37,8 +69,15 @@ def main(argv: list[str] | None = None) -> int:
   if name not in SUBCOMMANDS:
     print(f"ipo-md: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
     return 2
-  module = importlib.import_module(f"ipo_md.cli.{SUBCOMMANDS[name][0]}")
-  return int(module.main(rest) or 0)
+  if name in _NEEDS_TF:
+    _import_tensorflow_quietly()
+  from ipo_md.cli import errors  # pylint: disable=g-import-not-at-top
+
+  def command():
+    module = importlib.import_module(f"ipo_md.cli.{SUBCOMMANDS[name][0]}")
+    return module.main(rest)
+
+  return errors.run(name, command)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def train(*, model_dir: str, stages: list, model_config=None,
   import gin  # pylint: disable=g-import-not-at-top
 
   from ipo_md import partitioning  # pylint: disable=g-import-not-at-top
+  from ipo_md.cli import errors  # pylint: disable=g-import-not-at-top
   from ipo_md.trainer import pipeline  # pylint: disable=g-import-not-at-top
 
   specs = _model_specs(model_config, initial_checkpoint, models)
@@ -50,7 +51,9 @@ def train(*, model_dir: str, stages: list, model_config=None,
              f"the {role} model's initial_checkpoint", spec.initial_checkpoint,
              '"/path/to/checkpoint"')
   planned = pipeline.plan(models=specs, stages=stages, mesh=mesh)
+  pipeline.check_initial_checkpoints(planned, specs)
   directory = _check_model_dir(model_dir)
+  errors.set_log_dir(directory / "logs")
   pipeline.check_progress(str(directory), planned)
   (directory / "config.gin").write_text(gin.operative_config_str())
   _describe(specs, planned, mesh, directory)
@@ -174,6 +177,15 @@ def _summary(directory, stages, results, seconds):
 
 
 def main(argv: list[str]) -> int:
+  from ipo_md.trainer import stopping  # pylint: disable=g-import-not-at-top
+
+  # From the first moment: a SIGTERM or Ctrl-C during start-up or between
+  # stages stops the run cleanly too (status 0, a message, resumable).
+  with stopping.StopSignals():
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
   import gin  # pylint: disable=g-import-not-at-top
 
   from ipo_md.cli import gin_flags  # pylint: disable=g-import-not-at-top

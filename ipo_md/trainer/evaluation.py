@@ -164,7 +164,8 @@ class PreferenceEvaluation:
 
   The model's symmetrised p(chosen > rejected) (as the policy stages use it)
   against the data's labels q: `eval/accuracy` (label-weighted), `eval/
-  log_loss`, `eval/ece` (10 equal-width bins); with the gold preference of
+  log_loss`, `eval/ece` (10 equal-width bins, with the order of every other
+  pair swapped so that outcomes are not all "first wins"); with the gold preference of
   the data (the `gold_pref` feature, or a `gold` signal) also
   `eval/gold_agreement` (fraction where model and gold prefer the same
   response) and `eval/gold_accuracy` (the gold's own accuracy on the noisy
@@ -241,8 +242,12 @@ class PreferenceEvaluation:
         "eval/log_loss": float(np.mean(-q * np.log(pc)
                                        - (1 - q) * np.log(1 - pc))),
     }
-    out["eval/ece"], self._last = expected_calibration_error(p, q,
-                                                             self.num_bins)
+    # Calibration of p(first > second) with the pair order alternated (the
+    # data lists the chosen response first, so every raw label is ~1): for
+    # a symmetrised model, swapping the order maps p to 1 - p and q to 1 - q.
+    flip = np.arange(n) % 2 == 1
+    out["eval/ece"], self._last = expected_calibration_error(
+        np.where(flip, 1 - p, p), np.where(flip, 1 - q, q), self.num_bins)
     gold = scores.get("gold")
     if gold is None and "gold_pref" in arrays:
       gold = arrays["gold_pref"][:n]

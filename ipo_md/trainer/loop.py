@@ -9,7 +9,6 @@ VM) that writes a checkpoint first.
 import dataclasses
 import functools
 import pathlib
-import signal
 from typing import Any, Callable
 
 import jax
@@ -25,6 +24,7 @@ from ipo_md.model import scoring
 from ipo_md.trainer import metrics_log
 from ipo_md.trainer import models as models_lib
 from ipo_md.trainer import step as step_lib
+from ipo_md.trainer import stopping
 from ipo_md.trainer import train_state as train_state_lib
 
 
@@ -76,27 +76,6 @@ class LoopConfig:
 
 class Diverged(RuntimeError):
   """A stage halted on a non-finite update (the message says what to do)."""
-
-
-class _StopFlag:
-  """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
-
-  def __init__(self):
-    self.signal = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 def abstract_train_state(net: network_lib.Transformer,
@@ -263,7 +242,7 @@ class Trainer:
       last = self.evaluate(state)
       self.log.write(0, last)
     pending, previous = None, None
-    with _StopFlag() as stop:
+    with stopping.StopSignals() as stop:
       while step < self.loop.num_steps and not self._stop_agreed(stop):
         state, metrics = self._step_fn(state, self._batch(it), self.frozen)
         step += 1
@@ -315,7 +294,7 @@ class Trainer:
         "LoopConfig.nonfinite='skip' to drop rare bad updates.")
 
   @staticmethod
-  def _stop_agreed(stop: _StopFlag) -> bool:
+  def _stop_agreed(stop: stopping.StopSignals) -> bool:
     """Whether to stop now. On several hosts every host must stop at the same
     step (the final save is collective), so the hosts agree on it: a signal
     on any host stops them all after the same step. The check is one tiny

@@ -38,6 +38,7 @@ from ipo_md.data import pipeline as data_pipeline
 from ipo_md.trainer import loop as loop_lib
 from ipo_md.trainer import models as models_lib
 from ipo_md.trainer import step as step_lib
+from ipo_md.trainer import stopping
 
 INITIAL = models_lib.INITIAL
 
@@ -417,6 +418,28 @@ def check_progress(model_dir: str, planned: list[PlannedStage]) -> dict:
   return progress
 
 
+def check_initial_checkpoints(planned: list[PlannedStage], specs) -> None:
+  """Reads the config and shapes (no tensor) of every initial checkpoint the
+  run will load, so a checkpoint of another size or vocabulary is refused
+  before the first stage trains."""
+  from ipo_md.checkpoints import params_io  # pylint: disable=g-import-not-at-top
+
+  seen = set()
+  for p in planned:
+    uses = [(p.init, p.stage.trains)] + [(src, role)
+                                          for role, src in p.frozen.items()]
+    for source, role in uses:
+      path = _initial_checkpoint(role, specs)
+      if source != INITIAL or not path or (role, path) in seen:
+        continue
+      seen.add((role, path))
+      try:
+        params_io.check_initial_checkpoint(
+            path, models_lib.config_of(role, specs))
+      except (ValueError, FileNotFoundError) as e:
+        _fail(p.stage, f"the {role} model's initial checkpoint: {e}")
+
+
 def _meta(p: PlannedStage, specs) -> dict:
   head = specs[p.stage.trains].head if p.stage.trains in specs else None
   return {"stage": p.stage.name, "role": p.stage.trains,
@@ -458,31 +481,51 @@ def run(*, model_dir: str, models: dict[str, models_lib.ModelSpec],
         planned: list[PlannedStage] | None = None) -> dict:
   """Runs the stages in order; returns {stage name: last metrics}."""
   planned = planned or plan(models=models, stages=stages, mesh=mesh)
+  check_initial_checkpoints(planned, models)
   progress = check_progress(model_dir, planned)
   sources = _Sources(model_dir, models, planned, mesh)
   results = {}
-  for index, p in enumerate(planned):
-    stage = p.stage
-    if progress[stage.name] == stage.loop.num_steps:
-      print(f"[{stage.name}] already finished in {model_dir}/{stage.name}; "
-            "skipping.", flush=True)
-      continue
-    trainer = _trainer(p, model_dir, models, sources, mesh)
-    try:
-      start = time.time()
-      state, last = trainer.run()
-      results[stage.name] = last
-      if last.get("stopped_by"):
+  with stopping.StopSignals() as stop:
+    for index, p in enumerate(planned):
+      if _stopped_before(p.stage, stop, results):
         return results
-      if p.evaluation is not None and jax.process_index() == 0:
-        p.evaluation.finish(f"{model_dir}/{stage.name}")
-      print(f"[{stage.name}] done: {stage.loop.num_steps} steps in "
-            f"{time.time() - start:.0f}s.", flush=True)
-      del state
-    finally:
-      trainer.close()
-    sources.release(_needed_after(planned, index))
+      if progress[p.stage.name] == p.stage.loop.num_steps:
+        print(f"[{p.stage.name}] already finished in {model_dir}/"
+              f"{p.stage.name}; skipping.", flush=True)
+        continue
+      _run_stage(p, model_dir, models, sources, mesh, results)
+      if results[p.stage.name].get("stopped_by"):
+        return results
+      sources.release(_needed_after(planned, index))
   return results
+
+
+def _stopped_before(stage: Stage, stop, results: dict) -> bool:
+  """True (and says so) when a stop signal came before `stage` started."""
+  if not stop.requested:
+    return False
+  print(f"[{stage.name}] {stop.signal} received before this stage started; "
+        "stopping. Rerun the same command to resume.", flush=True)
+  results[stage.name] = {"stopped_by": stop.signal}
+  return True
+
+
+def _run_stage(p: PlannedStage, model_dir, models, sources, mesh,
+               results: dict) -> None:
+  stage = p.stage
+  trainer = _trainer(p, model_dir, models, sources, mesh)
+  try:
+    start = time.time()
+    _, last = trainer.run()
+    results[stage.name] = last
+    if last.get("stopped_by"):
+      return
+    if p.evaluation is not None and jax.process_index() == 0:
+      p.evaluation.finish(f"{model_dir}/{stage.name}")
+    print(f"[{stage.name}] done: {stage.loop.num_steps} steps in "
+          f"{time.time() - start:.0f}s.", flush=True)
+  finally:
+    trainer.close()
 
 
 def describe(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],

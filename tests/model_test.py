@@ -301,6 +301,69 @@ class VariantsTest(parameterized.TestCase):
     self.assertLess(err.mean(), 0.03)
 
 
+def _flat(tree) -> np.ndarray:
+  return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+
+
+@functools.cache
+def _loss_grad(cfg: config_lib.T5Config):
+  """Jitted gradient of the mean sequence NLL on _batch()."""
+  model = network.Transformer(cfg)
+  inputs, targets = _batch()
+  loss = lambda p: -jnp.mean(
+      scoring.score_targets(model, p, inputs, targets).sequence)
+  return jax.jit(jax.grad(loss)), loss
+
+
+class MixedPrecisionAndRematTest(parameterized.TestCase):
+
+  def test_bfloat16_gradient_close_to_float32(self):
+    # float32 parameters, bfloat16 activations (T5X's mixed precision): the
+    # gradient stays float32 (so does the optimizer state) and is within 8%
+    # of the float32 gradient in L2 norm, cosine > 0.995. bf16 rounds at
+    # 2**-9 per op and the backward pass doubles the chain; measured on this
+    # model: relative error 0.03, cosine 0.9996.
+    params = _params(TINY)
+    g32 = _loss_grad(TINY)[0](params)
+    g16 = _loss_grad(TINY.replace(dtype="bfloat16"))[0](params)
+    self.assertEqual({x.dtype for x in jax.tree_util.tree_leaves(g16)},
+                     {jnp.dtype(jnp.float32)})
+    a, b = _flat(g32), _flat(g16)
+    rel = np.linalg.norm(a - b) / np.linalg.norm(a)
+    self.assertGreater(rel, 1e-4)  # bf16 really ran.
+    self.assertLess(rel, 0.08)
+    self.assertGreater(a @ b / np.linalg.norm(a) / np.linalg.norm(b), 0.995)
+
+  def test_remat_policies_same_gradient_less_memory(self):
+    # Every policy gives the no-remat gradient; the configurations really
+    # differ: the residuals kept from the forward for the backward pass
+    # shrink strictly from "none" to "full".
+    params = _params(TINY)
+    grads, residual_bytes = {}, {}
+    def grad_and_vjp(loss, p):
+      value, vjp = jax.vjp(loss, p)
+      return vjp(jnp.ones_like(value))[0], vjp
+
+    for policy in config_lib.REMAT_POLICIES:
+      loss = _loss_grad(TINY.replace(remat=policy))[1]
+      grad, vjp = jax.jit(functools.partial(grad_and_vjp, loss))(params)
+      grads[policy] = _flat(grad)
+      residual_bytes[policy] = sum(
+          x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(vjp))
+    for policy in config_lib.REMAT_POLICIES[1:]:
+      np.testing.assert_allclose(grads[policy], grads["none"], rtol=1e-5,
+                                 atol=1e-6, err_msg=policy)
+    sizes = [residual_bytes[p] for p in config_lib.REMAT_POLICIES]
+    self.assertEqual(sizes, sorted(sizes, reverse=True), residual_bytes)
+    self.assertLen(set(sizes), len(sizes), residual_bytes)
+
+  def test_remat_bool_and_bad_policy(self):
+    self.assertEqual(TINY.replace(remat=True).remat, "full")
+    self.assertEqual(TINY.replace(remat=False).remat, "none")
+    with self.assertRaisesRegex(ValueError, "remat='some'"):
+      TINY.replace(remat="some")
+
+
 def _np_bucket(rel, *, bidirectional, num_buckets, max_distance):
   """T5's relative-position buckets in numpy, float32 like the original.
 

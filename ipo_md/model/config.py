@@ -9,6 +9,13 @@ import jax.numpy as jnp
 T5_VOCAB_SIZE = 32128
 ACTIVATIONS = ("gelu", "relu", "linear", "silu")
 DTYPES = ("float32", "bfloat16", "float16")
+# Rematerialisation of each encoder/decoder layer in the backward pass, from
+# most memory to least: "none" keeps every activation; "dots_saveable" keeps
+# every matmul output (recomputes norms, activations, softmax);
+# "minimal" keeps only the weight matmuls (projections and MLP), recomputing
+# the attention logits and weights as well; "full" keeps only each layer's
+# input and recomputes the whole layer.
+REMAT_POLICIES = ("none", "dots_saveable", "minimal", "full")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,10 +42,15 @@ class T5Config:
       of the relative position bias.
     dropout_rate: dropout on residual branches and attention (0 = off).
     layer_norm_epsilon: RMS norm epsilon.
-    dtype: activation dtype ("float32" or "bfloat16"); norms, softmax and
-      log-probs are computed in float32 regardless.
+    dtype: activation dtype ("float32" or "bfloat16"); matmuls take their
+      inputs in it, while norms, softmax, the output logits and log-probs are
+      float32 regardless. "bfloat16" with param_dtype "float32" is T5X's
+      mixed precision: float32 parameters and optimizer state, bfloat16
+      activations.
     param_dtype: parameter storage dtype.
-    remat: rematerialise each layer in the backward pass (saves memory).
+    remat: rematerialisation policy of each layer in the backward pass, one
+      of REMAT_POLICIES (True means "full", False "none"); it changes memory
+      and time, not the numbers.
   """
 
   vocab_size: int
@@ -56,7 +68,7 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat: bool = False
+  remat: bool | str = "none"
 
   def __post_init__(self):
     for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
@@ -79,6 +91,13 @@ class T5Config:
         raise ValueError(
             f"T5Config.{name}={getattr(self, name)!r} must be one of {DTYPES}."
         )
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(
+          f"T5Config.remat={self.remat!r} must be one of {REMAT_POLICIES} "
+          "(or a bool: True = 'full')."
+      )
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(
           f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1)."

@@ -78,8 +78,20 @@ class DecoderLayer(nn.Module):
     return layers.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
 
 
+_REMAT_POLICIES = {
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": None,  # Nothing saved inside the layer.
+}
+assert set(_REMAT_POLICIES) | {"none"} == set(config_lib.REMAT_POLICIES)
+
+
 def _maybe_remat(cls, cfg, static_argnums):
-  return nn.remat(cls, static_argnums=static_argnums) if cfg.remat else cls
+  """The layer class, rematerialised as T5Config.remat asks."""
+  if cfg.remat == "none":
+    return cls
+  return nn.remat(cls, static_argnums=static_argnums,
+                  policy=_REMAT_POLICIES[cfg.remat])
 
 
 class Encoder(nn.Module):
@@ -156,8 +168,8 @@ class Decoder(nn.Module):
       logits = self.shared_embedding.attend(x * cfg.emb_dim ** -0.5)
     else:
       logits = layers.Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB),
-                            name="logits_dense", **_common(cfg))(x)
-    logits = logits.astype(jnp.float32)
+                            name="logits_dense", out_dtype=jnp.float32,
+                            **_common(cfg))(x)
     return layers.constrain(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
 
 

@@ -206,7 +206,8 @@ class ComparisonsTaskTest(absltest.TestCase):
     vocabulary = pipeline.validate_config(_config(), vocab_size=64)
     self.assertEqual(vocabulary.vocab_size, 55)
     with self.assertRaisesRegex(
-        errors.DataError, r"vocabulary of 55 ids .* vocab_size=32.*at least 55"):
+        errors.DataError,
+        r"vocabulary of 55 ids .* vocab_size=32.*at least 55"):
       pipeline.validate_config(_config(), vocab_size=32)
     with self.assertRaisesRegex(errors.DataError, "no split 'test'"):
       pipeline.validate_config(_config(split="test"))

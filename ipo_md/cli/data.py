@@ -17,8 +17,8 @@
   ipo-md data inspect --task=tldr_sft --split=validation \
       --tldr_sft_dir=/data/tldr_3_filtered --vocabulary_path=/data/spm.model
   ipo-md data inspect --task=synthetic_facts_sft --lengths=inputs=64,targets=32
-  ipo-md data prepare-xsum --manual_dir=/data/xsum_manual --data_dir=/data/tfds \
-      [--split_file=/data/XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json]
+  ipo-md data prepare-xsum --manual_dir=/data/xsum_manual \
+      --data_dir=/data/tfds [--split_file=/data/xsum_split.json]
 
 `inspect` prints a few decoded examples and the token-length percentiles
 (50/90/95/99/max, EOS included) of every token feature, so that maximum lengths
@@ -253,14 +253,14 @@ def _prepare_xsum(args: argparse.Namespace) -> None:
 
 
 def _parse_gin(args: argparse.Namespace) -> None:
-  files = []
+  files, search = [], list(gin_flags.DEFAULT_SEARCH_PATHS)
   for name in args.gin_file:
     try:
-      files.append(gin_flags.resolve(name, list(gin_flags.DEFAULT_SEARCH_PATHS)))
+      files.append(gin_flags.resolve(name, search))
     except FileNotFoundError:
       raise flag_checks.UsageError(
           f"--gin_file {name}: no such file (looked in the current folder and "
-          f"{list(gin_flags.DEFAULT_SEARCH_PATHS)}); check the path.") from None
+          f"{search}); check the path.") from None
   try:
     gin_flags.parse_files_and_bindings(files, args.gin_binding)
   except (ValueError, KeyError, SyntaxError, ImportError, OSError) as e:

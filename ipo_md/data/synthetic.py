@@ -13,6 +13,17 @@ from distractor words and repeat themselves), so a model fine-tuned on them
 is a reasonable but improvable reference policy; the programmatic oracle in
 `ipo_md.preference.oracle` rewards exactly what the references get wrong.
 
+Comparisons for preference models (`generate_comparisons`): for each document,
+pairs of candidate summaries from the same noisy generator, each candidate
+with its own noise level, labelled as a noisy annotator would label them:
+candidate a wins with probability p_gold(a > b) = sigmoid(2 (s(a) - s(b))),
+where s is the gold oracle's score (`score_summary`, a pure-Python twin of
+`ipo_md.preference.oracle.FactsOracle`), then the label is flipped with
+probability `label_flip_rate` (default 0). 32,768 train pairs (4 per train
+document) and 1,024 validation pairs (2 per document); on validation the gold
+oracle agrees with the labels on 87.6% of pairs (the ceiling of a learned
+preference model) and 9.7% of pairs are ties (labelled by a coin flip).
+
 Everything is generated from integer seeds by `numpy.random.default_rng`, so
 every split is identical on every machine. The word-level SentencePiece
 vocabulary ships with the package (`assets/synthetic_words.model`) and
@@ -318,7 +329,8 @@ def comparison(split: str, index: int, *,
   """Comparison `index` of `split` (see `generate_comparisons`)."""
   size = _check_comparison_args(split, label_flip_rate)
   if not 0 <= index < size:
-    raise errors.DataError(f"index={index} must be in [0, {size}) for {split!r}.")
+    raise errors.DataError(
+        f"index={index} must be in [0, {size}) for {split!r}.")
   doc_index, k = divmod(index, COMPARISONS_PER_DOCUMENT[split])
   return _document_comparisons(split, doc_index, label_flip_rate)[k]
 

@@ -153,7 +153,8 @@ def _serve_split_file_locally(builder, split_path: str) -> None:
     manager.download = functools.partial(_local_download, split_path)
     return manager
 
-  builder._make_download_manager = make_offline  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  builder._make_download_manager = make_offline
 
 
 def _local_download(split_path: str, url):

@@ -327,9 +327,14 @@ class CheckpointerTest(CheckpointerTestBase):
     ck = self.checkpointer(d)
     restored = ck.restore_latest(abstract(make_state()))
     self.assertEqual(restored.step, 1)
-    self.assertEqual(self.lines, [])
+    self.assertEqual([x.slug for x in ck.damaged], ["unfinished"])
+    self.assertRegex(self.lines[0], (
+        rf"^{d}/2.orbax-checkpoint-tmp-1234: is a save that never finished "
+        r"\(Orbax's temporary folder; the run was killed while writing it\); "
+        rf"moved to {d}/damaged/2.orbax-checkpoint-tmp-1234-unfinished-"))
     self.assertFalse((d / "saving" / "2").exists())
-    self.assertEqual(sorted(p.name for p in d.iterdir()), ["1", "saving"])
+    self.assertEqual(sorted(p.name for p in d.iterdir()),
+                     ["1", "damaged", "saving"])
 
 
 def _truncate(step_dir):

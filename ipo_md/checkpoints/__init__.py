@@ -61,6 +61,7 @@ STATE_ITEM = "state"
 META_ITEM = "meta"
 DAMAGED_DIR = "damaged"
 SAVING_DIR = "saving"
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,13 +135,15 @@ class Checkpointer:
   @property
   def _manager(self) -> ocp.CheckpointManager:
     """Orbax's manager, made on first use: verifying, rotating and setting
-    aside need only the file system. Rotation is ours (max_to_keep=None);
-    temporary folders of saves killed mid-write are removed."""
+    aside need only the file system. Rotation is ours (max_to_keep=None),
+    and so is the handling of temporary folders left by killed saves
+    (`restore_latest` sets them aside; Orbax would delete them in the
+    background, racing with the scan)."""
     if self._orbax is None:
       self._orbax = ocp.CheckpointManager(
           self.directory,
           options=ocp.CheckpointManagerOptions(
-              max_to_keep=None, create=True, cleanup_tmp_directories=True),
+              max_to_keep=None, create=True, cleanup_tmp_directories=False),
           item_names=(STATE_ITEM, META_ITEM),
       )
     return self._orbax
@@ -267,9 +270,13 @@ class Checkpointer:
     self._finish()
 
   def close(self) -> None:
-    self._finish()
-    if self._orbax is not None:
-      self._orbax.close()
+    """Finishes the last save (see `wait`) and closes Orbax's manager."""
+    try:
+      self._finish()
+    finally:
+      if self._orbax is not None:
+        self._orbax.close()
+        self._orbax = None
 
   # --- restoring -----------------------------------------------------------
 
@@ -409,6 +416,11 @@ class Checkpointer:
     finished save of this directory that was never sealed); the ones above
     it are set aside and appended to `lost`. -1 if none."""
     self._drop_stale_markers()
+    for path in self._temporary_folders():
+      lost.append(self._set_aside(Damage(
+          str(path), "is a save that never finished (Orbax's temporary "
+          "folder; the run was killed while writing it)", "unfinished",
+          valuable=False)))
     for step, path in reversed(self._entries()):
       damage = verify.check(path)
       if damage is not None and damage.slug == "no-manifest":
@@ -435,10 +447,16 @@ class Checkpointer:
                  "stopped before verifying it).")
     return None
 
+  def _temporary_folders(self) -> list[Any]:
+    if not self.directory.is_dir():
+      return []
+    return sorted(p for p in self.directory.iterdir()
+                  if _ORBAX_TMP in p.name)
+
   def _set_aside(self, damage: verify.Damage) -> verify.Damage:
     moved = verify.move_aside(damage, self.directory / DAMAGED_DIR)
-    (self.directory / SAVING_DIR / paths.as_path(damage.path).name).unlink(
-        missing_ok=True)
+    step = paths.as_path(damage.path).name.split(".")[0]
+    (self.directory / SAVING_DIR / step).unlink(missing_ok=True)
     self.damaged.append(moved)
     self._report(moved.line())
     return moved

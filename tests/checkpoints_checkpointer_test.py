@@ -28,6 +28,7 @@ import json
 import pathlib
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -315,6 +316,21 @@ class CheckpointerTest(CheckpointerTestBase):
         "before verifying it)."])
     self.assertTrue((d / "2" / verify.MANIFEST).is_file())
     self.assertFalse((d / "saving" / "2").exists())
+
+  def test_a_failed_seal_is_reported_and_sealed_on_restore(self):
+    d = self.tmp()
+    ck = self.checkpointer(d)
+    with mock.patch.object(verify, "write_manifest",
+                           side_effect=OSError("bucket unavailable")):
+      ck.save(3, make_state(3.0), {"step": 3})
+      ck.wait()
+    self.assertEqual(self.lines, [
+        f"{d / '3'}: saved but not verified (OSError: bucket unavailable); "
+        "it will be verified if a run resumes from it."])
+    self.assertTrue((d / "saving" / "3").exists())
+    restored = self.checkpointer(d).restore_latest(abstract(make_state()))
+    self.assertEqual(restored.step, 3)
+    self.assertTrue((d / "3" / verify.MANIFEST).is_file())
 
   def test_a_save_killed_while_writing_leaves_no_step(self):
     d = self.tmp()

@@ -232,9 +232,17 @@ class Checkpointer:
   def _seal_when_written(self, step: int) -> None:
     try:
       self._manager.wait_until_finished()
-      self._seal(step)
     except BaseException as e:  # pylint: disable=broad-exception-caught
-      self._seal_error = e
+      self._seal_error = e  # The save failed: raised on the main thread.
+      return
+    try:
+      self._seal(step)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # The checkpoint is written but unsealed: not counted by keep-K, and
+      # sealed by restore_latest (its marker stays). Training goes on.
+      self._report(f"{self._step_dir(step)}: saved but not verified "
+                   f"({type(e).__name__}: {_first_line(e)}); it will be "
+                   "verified if a run resumes from it.")
 
   def _seal(self, step: int) -> None:
     verify.write_manifest(self._step_dir(step), step)
@@ -250,7 +258,7 @@ class Checkpointer:
     if self._seal_error is not None:
       error, self._seal_error = self._seal_error, None
       raise RuntimeError(
-          f"Could not seal the last checkpoint in {self.directory}: {error}"
+          f"Saving the last checkpoint in {self.directory} failed: {error}"
       ) from error
     if hosts.is_primary():
       self._prune()

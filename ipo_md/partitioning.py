@@ -4,14 +4,25 @@ Layers name dimensions with `ipo_md.axes`; this module alone maps them to the
 mesh axes "data" and "model". Shardings of the train state are derived from
 the abstract (eval_shape) parameters, never listed by hand, and a dimension
 that cannot be split as the rules ask raises instead of silently replicating.
+
+The layers' activation constraints (`layers.constrain`, i.e.
+`nn.with_logical_constraint`) are no-ops unless logical axis rules and a
+mesh are active while the model is traced. `sharded_jit` traces its function
+under both, so every constraint reaches the compiled program; use it (or
+`activation_sharding` inside the traced function) for every jitted function
+that runs a model on a mesh. Optimizer-state shardings follow the parameters'
+logical axes (`opt_state_shardings`).
 """
 
+import contextlib
 import dataclasses
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ipo_md import axes
@@ -141,3 +152,143 @@ def like_params_shardings(abstract_tree: Any, params_shardings: Any,
     return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(one, abstract_tree)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules=LOGICAL_RULES):
+  """Makes the layers' logical sharding constraints take effect.
+
+  Enter it *inside* the function being traced (it sets the abstract mesh,
+  which jax allows under jit, and flax's logical axis rules): constraints are
+  recorded when the model is traced, and a function traced without it keeps
+  none, even if later calls run inside it. `sharded_jit` does this for you.
+
+  Args:
+    mesh: the device mesh (axes "data" and "model").
+    rules: the logical -> mesh axis rules (default LOGICAL_RULES).
+
+  Yields:
+    None.
+  """
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+      nn.logical_axis_rules(rules):
+    yield
+
+
+def sharded_jit(fn: Callable, mesh: Mesh, *, in_shardings, out_shardings,
+                donate_argnums=(), static_argnums=(), rules=LOGICAL_RULES
+                ) -> Callable:
+  """`jax.jit` with shardings, tracing `fn` under `activation_sharding`.
+
+  Args:
+    fn: the function to compile (e.g. a train step).
+    mesh: the device mesh.
+    in_shardings / out_shardings / donate_argnums / static_argnums: as for
+      `jax.jit`.
+    rules: the logical -> mesh axis rules (default LOGICAL_RULES).
+
+  Returns:
+    The jitted function; `.lower(...)` and `.trace(...)` work as usual.
+  """
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with activation_sharding(mesh, rules):
+      return fn(*args, **kwargs)
+
+  return jax.jit(traced, in_shardings=in_shardings,
+                 out_shardings=out_shardings, donate_argnums=donate_argnums,
+                 static_argnums=static_argnums)
+
+
+def _mesh_specs(boxed_abstract_params, mesh: Mesh, rules):
+  """Mesh PartitionSpecs of the (unboxed) params, divisibility checked."""
+  logical = nn.get_partition_spec(boxed_abstract_params)
+  abstract = nn.unbox(boxed_abstract_params)
+
+  def one(path, spec, leaf):
+    mesh_spec = logical_to_mesh_spec(spec, rules)
+    _check_divisible(jax.tree_util.keystr(path), leaf.shape, mesh_spec, mesh)
+    return mesh_spec
+
+  return jax.tree_util.tree_map_with_path(
+      one, logical, abstract, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def _dropped_dim(field: str | None, param_shape, leaf_shape) -> int | None:
+  """Which dimension of the parameter a statistic of `leaf_shape` dropped.
+
+  Adafactor's factored second moments (optax FactoredState) keep a row
+  statistic `v_row` without the parameter's largest dimension and a column
+  statistic `v_col` without the second largest (ties in argsort order, as
+  optax decides). For other fields, the unique dimension whose removal
+  gives the leaf's shape, if there is one.
+  """
+  if len(leaf_shape) != len(param_shape) - 1:
+    return None
+  order = np.argsort(param_shape)
+  named = {"v_row": order[-1], "v_col": order[-2]} if len(order) >= 2 else {}
+  candidates = [d for d in range(len(param_shape))
+                if tuple(np.delete(param_shape, d)) == tuple(leaf_shape)]
+  if field in named and int(named[field]) in candidates:
+    return int(named[field])
+  return candidates[0] if len(candidates) == 1 else None
+
+
+def opt_state_shardings(tx: optax.GradientTransformation,
+                        boxed_abstract_params, mesh: Mesh,
+                        rules=LOGICAL_RULES) -> Any:
+  """NamedShardings of `tx.init(params)` from the parameters' logical axes.
+
+  Every subtree of the optimizer state with the parameters' tree structure
+  (optax keeps one per statistic: Adam's mu and nu, Adafactor's v_row, v_col
+  and v) is sharded leaf by leaf like its parameter: a statistic of the
+  parameter's shape takes the parameter's spec; a factored statistic, which
+  lacks one dimension, takes the spec with that dimension's entry dropped
+  (e.g. an (embed, mlp) kernel sharded (None, "model") has v_row (embed,) ->
+  (None,) and v_col (mlp,) -> ("model",)). Anything else (step counters,
+  the (1,) placeholders of unfactored statistics) is replicated.
+
+  Args:
+    tx: the optimizer.
+    boxed_abstract_params: the model's boxed abstract parameters
+      (`scoring.abstract_params(model)`).
+    mesh: the device mesh.
+    rules: the logical -> mesh axis rules (default LOGICAL_RULES).
+
+  Returns:
+    A tree of NamedSharding with the structure of `tx.init(params)`.
+  """
+  specs = _mesh_specs(boxed_abstract_params, mesh, rules)
+  abstract = nn.unbox(boxed_abstract_params)
+  params_def = jax.tree_util.tree_structure(abstract)
+  abstract_state = jax.eval_shape(tx.init, abstract)
+  flat_params = jax.tree_util.tree_leaves(abstract)
+  flat_specs = jax.tree_util.tree_leaves(
+      specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+  def is_params_like(node):
+    return (not isinstance(node, jax.ShapeDtypeStruct)
+            and jax.tree_util.tree_structure(node) == params_def)
+
+  def stat(field, param, spec, leaf):
+    if tuple(leaf.shape) == tuple(param.shape):
+      return NamedSharding(mesh, spec)
+    dropped = _dropped_dim(field, param.shape, leaf.shape)
+    if dropped is None:
+      return replicated(mesh)
+    entries = list(spec) + [None] * (len(param.shape) - len(spec))
+    del entries[dropped]
+    return NamedSharding(mesh, PartitionSpec(*entries))
+
+  def one(path, node):
+    if not is_params_like(node):
+      return replicated(mesh)
+    last = path[-1] if path else None
+    field = getattr(last, "name", None)
+    leaves = [stat(field, p, s, l) for p, s, l in zip(
+        flat_params, flat_specs, jax.tree_util.tree_leaves(node))]
+    return jax.tree_util.tree_unflatten(params_def, leaves)
+
+  return jax.tree_util.tree_map_with_path(one, abstract_state,
+                                          is_leaf=is_params_like)

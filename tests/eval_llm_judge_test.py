@@ -211,9 +211,11 @@ class LLMJudgeTest(absltest.TestCase):
     self.assertFalse((self.dir / "cache.jsonl").exists())
 
   def test_timeout_is_retried(self):
+    # A generous timeout, so that a loaded machine never times out the
+    # prompt reply; only the first, 2.5 s late, one times out.
     with FakeServer(lambda r, n: (200, {}, _completion("1"),
-                                  0.6 if n == 0 else 0)) as server:
-      judge = self._judge(server, timeout_s=0.2)
+                                  2.5 if n == 0 else 0)) as server:
+      judge = self._judge(server, timeout_s=1.0)
       self.assertEqual(judge(_pairs(["d"], ["a"], ["b"])).tolist(), [1.0])
     self.assertEqual(judge.requests_made, 2)
 

@@ -43,6 +43,18 @@ class InspectTest(absltest.TestCase):
     self.assertRegex(out, r"feature +p50 +p90 +p95 +p99 +max +truncated")
     self.assertRegex(out, r"targets .* 0\.0% \(> 64\)")
 
+  def test_pairs_show_their_labels(self):
+    code, out, _ = _run([
+        "inspect", "--task=synthetic_facts_comparisons", "--split=validation",
+        "--num_examples=1", "--max_examples=0",
+        "--lengths=inputs=64,targets=32"])
+    self.assertEqual(code, 0)
+    first = synthetic.generate_comparisons("validation", 1)[0]
+    self.assertIn(f"chosen (17 tokens): {first['chosen']}\n", out)
+    self.assertIn(f"label=1 gold_pref={first['gold_pref']:.4g}\n", out)
+    self.assertIn("over all 1024 examples", out)
+    self.assertRegex(out, r"rejected +9 +17 +17 +21 +25 +0\.0% \(> 32\)")
+
   def test_lengths_match_the_tokenizer(self):
     lengths = data_cli.inspect("synthetic_facts_sft", "validation",
                                num_examples=0, max_examples=20,

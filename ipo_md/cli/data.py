@@ -42,6 +42,7 @@ import gin
 from ipo_md.cli import flag_checks
 from ipo_md.cli import gin_flags
 from ipo_md.data import errors
+from ipo_md.data import feature_converters
 from ipo_md.data import pipeline
 from ipo_md.data import xsum
 import ipo_md_tasks
@@ -50,6 +51,8 @@ import numpy as np
 PERCENTILES = (50, 90, 95, 99)
 # --lengths names feature lengths: pairs share "targets" (chosen, rejected).
 _LENGTH_KEY = {"chosen": "targets", "rejected": "targets"}
+# Float features printed with an example (the soft and the gold label).
+_SCALAR_FEATURES = tuple(feature_converters.SCALARS[feature_converters.PAIRS])
 
 
 def register_tasks_from_gin() -> None:
@@ -172,6 +175,10 @@ def _print_example(index, example, present, features, max_chars, out):
     if max_chars and len(text) > max_chars:
       text = text[:max_chars] + f" [... {len(text) - max_chars} more chars]"
     print(f"{f} ({len(tokens)} tokens): {text}", file=out)
+  scalars = [f"{k}={float(example[k]):.4g}" for k in _SCALAR_FEATURES
+             if k in example]
+  if scalars:
+    print(" ".join(scalars), file=out)
 
 
 def _length_table(token_lengths: Mapping[str, np.ndarray],

@@ -30,10 +30,10 @@ import tensorflow as tf
 
 Preprocessor = Callable[..., tf.data.Dataset]
 
-# Task name -> its batch kind and the function that registered it (for error
-# messages that name the option to set), filled by `register_task`.
-_KINDS: dict[str, str] = {}
-_CONFIGURED_BY: dict[str, str] = {}
+# Task name -> (the Task object, its batch kind, the function users configure
+# it with, for messages that name the option), filled by `register_task`;
+# an entry counts only while that very Task is the registered one.
+_REGISTERED: dict[str, tuple[seqio.Task, str, str | None]] = {}
 
 
 def output_features(
@@ -90,12 +90,7 @@ def register_task(
   """
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  _KINDS[name] = kind
-  if configured_by:
-    _CONFIGURED_BY[name] = configured_by
-  else:
-    _CONFIGURED_BY.pop(name, None)
-  return seqio.TaskRegistry.add(
+  task = seqio.TaskRegistry.add(
       name,
       source=source,
       output_features=output_features(kind, vocabulary),
@@ -106,16 +101,27 @@ def register_task(
           seqio.preprocessors.append_eos,
       ],
   )
+  _REGISTERED[name] = (task, kind, configured_by)
+  return task
+
+
+def _entry(name: str) -> tuple[seqio.Task, str, str | None] | None:
+  entry = _REGISTERED.get(name)
+  if entry is None or name not in seqio.TaskRegistry.names():
+    return None
+  return entry if seqio.TaskRegistry.get(name) is entry[0] else None
 
 
 def registered_kind(name: str) -> str | None:
   """The batch kind task `name` was registered with here, or None."""
-  return _KINDS.get(name)
+  entry = _entry(name)
+  return None if entry is None else entry[1]
 
 
 def configured_by(name: str) -> str | None:
   """The registration function that configures task `name`, or None."""
-  return _CONFIGURED_BY.get(name)
+  entry = _entry(name)
+  return None if entry is None else entry[2]
 
 
 def records_dataset(

@@ -57,6 +57,13 @@ class Dense(nn.Module):
   `dtype`), accumulated in at least that precision: the output logits use
   float32 from bfloat16 operands, which costs no more than a bfloat16
   result on CPUs, GPUs and TPUs.
+
+  The leading dimensions are flattened into one before the matmul. With
+  [B, L, E] inputs the weight gradient contracts two dimensions (B and L),
+  and XLA:CPU canonicalises that dot by transposing the output gradient,
+  fused into its elementwise producer (GELU backward, softmax backward):
+  a strided pass that cost the T5-small update about a fifth of its time.
+  A [B * L, E] matmul's gradients are plain matmuls.
   """
 
   features: int
@@ -72,8 +79,16 @@ class Dense(nn.Module):
     init = nn.initializers.normal(stddev=self.init_scale / math.sqrt(fan_in))
     kernel = _param(self, "kernel", init, (fan_in, self.features),
                     self.kernel_axes, self.param_dtype)
-    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                   preferred_element_type=self.out_dtype)
+    return _matmul_2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                      self.out_dtype)
+
+
+def _matmul_2d(x_NxK: jax.Array, w_KxM: jax.Array, out_dtype=None):
+  """x [..., K] @ w [K, M] as one [prod(...), K] matmul (see Dense)."""
+  lead = x_NxK.shape[:-1]
+  y = jnp.dot(x_NxK.reshape(-1, x_NxK.shape[-1]), w_KxM,
+              preferred_element_type=out_dtype)
+  return y.reshape(lead + (w_KxM.shape[-1],))
 
 
 def relative_position_bucket(relative_position: np.ndarray | jax.Array, *,
@@ -331,6 +346,5 @@ class Embed(nn.Module):
 
   def attend(self, x_BxLxE: jax.Array) -> jax.Array:
     """Float32 logits against the embedding (operands in `dtype`)."""
-    return jnp.dot(x_BxLxE.astype(self.dtype),
-                   self.embedding.astype(self.dtype).T,
-                   preferred_element_type=jnp.float32)
+    return _matmul_2d(x_BxLxE.astype(self.dtype),
+                      self.embedding.astype(self.dtype).T, jnp.float32)

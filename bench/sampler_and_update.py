@@ -33,7 +33,10 @@ JAX picks its default device; PyTorch uses CUDA when it is available.
 import argparse
 import dataclasses
 import functools
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -50,6 +53,9 @@ from ipo_md.decoding import sampling
 from ipo_md.model import config as config_lib
 from ipo_md.model import network
 from ipo_md.model import scoring
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hf_loops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PAD, EOS = 0, 1
 BETA = 0.125
@@ -234,7 +240,7 @@ def _pairs(rng: np.random.Generator, shape: Shape) -> dict[str, np.ndarray]:
       ref_yp=-rng.uniform(50, 60, b).astype(np.float32))
 
 
-def bench_jax(shape: Shape, data) -> dict[str, Any]:
+def bench_jax(shape: Shape, data, bf16: bool) -> dict[str, Any]:
   cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size)
   model = network.Transformer(cfg)
   init = jax.jit(lambda r: scoring.init_params(model, r))
@@ -265,6 +271,19 @@ def bench_jax(shape: Shape, data) -> dict[str, Any]:
   out["update"] = _timed(one_update, shape.repeats, jax.block_until_ready)
   out["update_flops"] = _xla_flops(step, holder[0], batch)  # After timing.
   out["update_how"] = how
+  del holder[0]
+  if bf16:
+    # bfloat16 activations, float32 parameters and optimizer state.
+    model16 = network.Transformer(cfg.replace(dtype="bfloat16"))
+    _, step16, state16 = _jax_update(model16, ref, tx)
+    holder16 = [state16]
+
+    def one_update16():
+      holder16[0] = step16(holder16[0], batch)
+      return holder16[0]
+
+    out["update_bf16"] = _timed(one_update16, shape.repeats,
+                                jax.block_until_ready)
   return out
 
 
@@ -273,40 +292,21 @@ def bench_jax(shape: Shape, data) -> dict[str, Any]:
 # ----------------------------------------------------------------------------
 
 
-def bench_torch(shape: Shape, data) -> dict[str, Any] | None:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    import transformers  # pylint: disable=g-import-not-at-top
-    from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    print(f"[torch] skipped: {e}", file=sys.stderr)
+def bench_torch(shape: Shape, data, bf16: bool) -> dict[str, Any] | None:
+  mods = hf_loops.import_torch()
+  if mods is None:
     return None
-  transformers.logging.set_verbosity_error()
-  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  if device.type == "cuda":
-    # JAX's default float32 matmul precision on NVIDIA GPUs allows TF32;
-    # PyTorch's does not. Match JAX so both run the same arithmetic.
-    torch.set_float32_matmul_precision("high")
-  sync = ((lambda x: torch.cuda.synchronize()) if device.type == "cuda"
-          else (lambda x: None))
+  torch, transformers = mods
+  dev = hf_loops.device(torch)
+  sync = lambda x: hf_loops.sync(torch, dev)
   cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size)
-  hf_cfg = transformers.T5Config(
-      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim,
-      d_ff=cfg.mlp_dim, num_layers=cfg.num_encoder_layers,
-      num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
-      relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-      relative_attention_max_distance=cfg.relative_attention_max_distance,
-      dropout_rate=0.0, feed_forward_proj="gated-gelu",
-      tie_word_embeddings=False, pad_token_id=PAD, eos_token_id=EOS,
-      decoder_start_token_id=PAD)
-  torch.manual_seed(0)
-  policy = transformers.T5ForConditionalGeneration(hf_cfg).to(device).eval()
-  ref = transformers.T5ForConditionalGeneration(hf_cfg).to(device).eval()
-  inputs = torch.as_tensor(data["inputs"], dtype=torch.long, device=device)
+  policy = hf_loops.new_model(torch, transformers, cfg, dev, seed=0)
+  ref = hf_loops.new_model(torch, transformers, cfg, dev, seed=1)
+  d = hf_loops.as_tensors(torch, dev, data)
+  inputs = d["inputs"]
   mask = inputs != PAD
   t = shape.new_tokens
-  out = {"device": f"{device} ({torch.get_num_threads()} threads)"
-                   if device.type == "cpu" else torch.cuda.get_device_name()}
+  out = {"device": hf_loops.describe(torch, dev)}
 
   @torch.inference_mode()
   def generate():
@@ -317,33 +317,9 @@ def bench_torch(shape: Shape, data) -> dict[str, Any] | None:
         top_p=1.0, temperature=1.0, max_new_tokens=t, min_new_tokens=t,
         suppress_tokens=[PAD], num_return_sequences=2)
 
-  @torch.inference_mode()
   def hand_loop(beta):
-    # Token-wise geometric mixture with the models' KV caches, by hand
-    # (generate has no two-model mode); EOS and pad masked. beta = 0 runs
-    # the policy alone.
     models = (policy,) if beta == 0.0 else (policy, ref)
-    x = inputs.repeat(2, 1)
-    m = mask.repeat(2, 1)
-    enc = [model.get_encoder()(input_ids=x, attention_mask=m)
-           for model in models]
-    past = [None] * len(models)
-    prev = torch.full((x.shape[0], 1), PAD, dtype=torch.long, device=device)
-    tokens = []
-    for _ in range(t):
-      logps = []
-      for i, model in enumerate(models):
-        o = model(encoder_outputs=enc[i], attention_mask=m,
-                  decoder_input_ids=prev, past_key_values=past[i],
-                  use_cache=True)
-        past[i] = o.past_key_values
-        logps.append(torch.log_softmax(o.logits[:, -1].float(), dim=-1))
-      mixed = logps[0] if beta == 0.0 else (
-          (1 - beta) * logps[0] + beta * logps[1])
-      mixed[:, [PAD, EOS]] = -float("inf")
-      prev = torch.multinomial(torch.softmax(mixed, dim=-1), 1)
-      tokens.append(prev)
-    return torch.cat(tokens, dim=1)
+    return hf_loops.mixture_loop(torch, models, inputs, mask, t, beta)[0]
 
   warnings.filterwarnings("ignore", message=".*past_key_values.*")
   for name, fn in (("sample_0.0", generate),
@@ -356,36 +332,82 @@ def bench_torch(shape: Shape, data) -> dict[str, Any] | None:
                            f"{tuple(tokens.shape)}, {new[:2]}")
     out[name] = _timed(fn, shape.repeats, sync)
 
-  # Update: teacher-forced scores of y and y' (encoder once per prompt),
-  # soft-label IPO, backward, Adafactor (T5X settings).
-  policy.train()
-  opt = Adafactor(policy.parameters(), lr=LEARNING_RATE, relative_step=False,
-                  scale_parameter=True, warmup_init=False, decay_rate=-0.8,
-                  clip_threshold=1.0, beta1=None)
-  b = shape.prompts
-  both = torch.as_tensor(np.concatenate([data["y"], data["yp"]]),
-                         dtype=torch.long, device=device)
-  dec_in = torch.cat([torch.full((2 * b, 1), PAD, dtype=torch.long,
-                                 device=device), both[:, :-1]], dim=1)
-  ref_y, ref_yp, label = (torch.as_tensor(data[k], device=device)
-                          for k in ("ref_y", "ref_yp", "label"))
+  update = hf_loops.make_update(torch, policy, lr=LEARNING_RATE, tau=TAU)
+  args = (inputs, mask, d["y"], d["yp"], d["ref_y"], d["ref_yp"], d["label"])
+  out["update"] = _timed(lambda: update(*args), shape.repeats, sync)
+  if bf16:
+    update16 = hf_loops.make_update(torch, ref, lr=LEARNING_RATE, tau=TAU,
+                                    autocast=torch.bfloat16)
+    out["update_bf16"] = _timed(lambda: update16(*args), shape.repeats, sync)
+  return out
 
-  def update():
-    opt.zero_grad(set_to_none=True)
-    enc = policy.get_encoder()(input_ids=inputs, attention_mask=mask)
-    hidden = enc.last_hidden_state.repeat(2, 1, 1)
-    logits = policy(encoder_outputs=(hidden,), attention_mask=mask.repeat(2, 1),
-                    decoder_input_ids=dec_in).logits
-    token = torch.log_softmax(logits.float(), -1).gather(
-        -1, both[..., None])[..., 0]
-    seq = token.sum(-1)  # No EOS or pad in these targets.
-    h = (seq[:b] - ref_y) - (seq[b:] - ref_yp)
-    loss = torch.mean((h - (label - 0.5) / TAU) ** 2)
-    loss.backward()
-    opt.step()
-    return loss
 
-  out["update"] = _timed(update, shape.repeats, sync)
+# ----------------------------------------------------------------------------
+# Peak host memory of one update, each framework in its own process
+# ----------------------------------------------------------------------------
+
+
+def _update_child(framework: str, shape_name: str) -> None:
+  """Child process: two updates of `shape_name`, then prints ru_maxrss."""
+  shape = {s.name: s for s in SHAPES}[shape_name]
+  data = _pairs(np.random.default_rng(0), shape)
+  cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size)
+  if framework == "jax":
+    model = network.Transformer(cfg)
+    params = jax.jit(lambda r: scoring.init_params(model, r))(
+        jax.random.key(0))
+    _, step, state = _jax_update(model, params,
+                                 optim.adafactor_t5(LEARNING_RATE))
+    batch = {k: jnp.asarray(v) for k, v in data.items()}
+    del params
+    for _ in range(2):
+      state = step(state, batch)
+    jax.block_until_ready(state)
+  else:
+    torch, transformers = hf_loops.import_torch()
+    dev = hf_loops.device(torch)
+    policy = hf_loops.new_model(torch, transformers, cfg, dev, seed=0)
+    d = hf_loops.as_tensors(torch, dev, data)
+    update = hf_loops.make_update(torch, policy, lr=LEARNING_RATE, tau=TAU)
+    for _ in range(2):
+      update(d["inputs"], d["inputs"] != PAD, d["y"], d["yp"], d["ref_y"],
+             d["ref_yp"], d["label"])
+  print(f"PEAK_RSS_BYTES {_peak_rss_bytes()}")
+
+
+def _peak_rss_bytes() -> int:
+  """This process's RSS high-water mark.
+
+  /proc's VmHWM belongs to the process's own address space; getrusage's
+  ru_maxrss survives exec, so a child of a big parent would report at
+  least the parent's size.
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_update_memory(shape: Shape, frameworks) -> dict[str, float | None]:
+  """Peak RSS (bytes) of a process that runs two updates, per framework."""
+  out = {}
+  for framework in frameworks:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--_update-child", framework,
+         "--_shape", shape.name], capture_output=True, text=True,
+        check=False)
+    lines = [l for l in proc.stdout.splitlines()
+             if l.startswith("PEAK_RSS_BYTES")]
+    if proc.returncode or not lines:
+      print(f"  ({framework} memory child failed: {proc.stderr[-500:]})",
+            file=sys.stderr)
+      out[framework] = None
+    else:
+      out[framework] = float(lines[-1].split()[1])
   return out
 
 
@@ -415,7 +437,17 @@ def main(argv=None):
   parser.add_argument("--matmul-size", type=int, default=None,
                       help="n of the n x n x n float32 matmul (default: "
                       "2048 on CPU, 8192 on an accelerator)")
+  parser.add_argument("--no-bf16", action="store_true",
+                      help="skip the bfloat16-activation update rows")
+  parser.add_argument("--no-memory", action="store_true",
+                      help="skip the peak-memory rows (each framework runs "
+                      "two updates in a child process)")
+  parser.add_argument("--_update-child", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--_shape", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args._update_child:  # pylint: disable=protected-access
+    _update_child(args._update_child, args._shape)  # pylint: disable=protected-access
+    return
 
   backend = jax.default_backend()
   n = args.matmul_size or (2048 if backend == "cpu" else 8192)
@@ -433,9 +465,10 @@ def main(argv=None):
           f"{shape.vocab_size}), {shape.prompts} prompts x 2 completions, "
           f"input {shape.input_length}, {shape.new_tokens} new tokens",
           flush=True)
-    j = bench_jax(shape, data)
+    j = bench_jax(shape, data, not args.no_bf16)
     print(f"  JAX update: {j['update_how']}", flush=True)
-    tc = None if args.no_torch else bench_torch(shape, data)
+    tc = None if args.no_torch else bench_torch(shape, data,
+                                                 not args.no_bf16)
     if tc:
       print(f"  PyTorch on {tc['device']}", flush=True)
     tokens = 2 * shape.prompts * shape.new_tokens
@@ -456,12 +489,27 @@ def main(argv=None):
                  f"{1e3 * tu:.1f}" if tu else "n/a",
                  f"{tu / ju:.2f}x" if tu else "n/a",
                  f"{j['update'][0]:.1f} s"))
+    if "update_bf16" in j:
+      ju16 = j["update_bf16"][1]
+      tu16 = tc["update_bf16"][1] if tc else None
+      rows.append((shape.name, "update bf16 activations (ms/step)",
+                   f"{1e3 * ju16:.1f}", f"{1e3 * tu16:.1f}" if tu16 else "n/a",
+                   f"{tu16 / ju16:.2f}x" if tu16 else "n/a",
+                   f"{j['update_bf16'][0]:.1f} s"))
     flops = j["update_flops"]
     if flops:
       # (The fraction is filled in at the end; index 5 holds FLOP/s.)
       rows.append((shape.name, "update FLOP/s (XLA count)",
                    _fmt(flops / ju), "", None, flops / ju,
                    _fmt(flops, "FLOP")))
+    if not args.no_memory:
+      mem = peak_update_memory(
+          shape, ("jax",) if args.no_torch or not tc else ("jax", "torch"))
+      jm, tm = mem.get("jax"), mem.get("torch")
+      gb = lambda x: f"{x / 2 ** 30:.2f}" if x else "n/a"
+      rows.append((shape.name, "update peak RSS (GiB, own process)", gb(jm),
+                   gb(tm), f"{jm / tm:.2f} of torch" if jm and tm else "n/a",
+                   ""))
 
   # Measured again at the end; the best of the two is the denominator, so a
   # busy machine at either moment does not inflate the fraction.

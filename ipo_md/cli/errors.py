@@ -19,6 +19,8 @@ import traceback
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError,
                NotADirectoryError, IsADirectoryError, PermissionError,
                FileExistsError)
+# Raised on purpose with a message for the user (e.g. a locked MODEL_DIR).
+USER_ERROR_NAMES = ("RunLockedError",)
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_BUG = 1
@@ -62,10 +64,11 @@ def report(command: str, error: BaseException) -> int:
   path = _write_traceback(command)
   where = f"\n(The full traceback is in {path}.)" if path else ""
   text = _without_gin_context(str(error)) or type(error).__name__
-  if _is_diverged(error):
+  if _is_diverged(error) or isinstance(error, FloatingPointError):
     print(f"ipo-md {command}: stopped: {text}{where}", file=sys.stderr)
     return EXIT_DIVERGED
-  if isinstance(error, USER_ERRORS):
+  if (isinstance(error, USER_ERRORS)
+      or type(error).__name__ in USER_ERROR_NAMES):
     print(f"ipo-md {command}: error: {text}{where}", file=sys.stderr)
     return EXIT_USER_ERROR
   print(f"ipo-md {command}: unexpected error ({type(error).__name__}: {text}). "

@@ -9,7 +9,6 @@ import gin.
 
 import argparse
 import os
-import pathlib
 import socket
 import sys
 import time
@@ -37,7 +36,10 @@ def train(*, model_dir: str, stages: list, model_config=None,
   """
   import gin  # pylint: disable=g-import-not-at-top
 
+  import jax  # pylint: disable=g-import-not-at-top
+
   from ipo_md import partitioning  # pylint: disable=g-import-not-at-top
+  from ipo_md.checkpoints import lock as lock_lib  # pylint: disable=g-import-not-at-top
   from ipo_md.cli import errors  # pylint: disable=g-import-not-at-top
   from ipo_md.trainer import pipeline  # pylint: disable=g-import-not-at-top
 
@@ -54,12 +56,15 @@ def train(*, model_dir: str, stages: list, model_config=None,
   pipeline.check_initial_checkpoints(planned, specs)
   directory = _check_model_dir(model_dir)
   errors.set_log_dir(directory / "logs")
-  pipeline.check_progress(str(directory), planned)
-  (directory / "config.gin").write_text(gin.operative_config_str())
-  _describe(specs, planned, mesh, directory)
-  start = time.time()
-  results = pipeline.run(model_dir=str(directory), models=specs,
-                         stages=stages, mesh=mesh, planned=planned)
+  # One run per MODEL_DIR: a second run is refused here, before it writes.
+  with lock_lib.RunLock(directory):
+    pipeline.check_progress(str(directory), planned)
+    if jax.process_index() == 0:
+      (directory / "config.gin").write_text(gin.operative_config_str())
+    _describe(specs, planned, mesh, directory)
+    start = time.time()
+    results = pipeline.run(model_dir=str(directory), models=specs,
+                           stages=stages, mesh=mesh, planned=planned)
   _summary(directory, stages, results, time.time() - start)
   return results
 
@@ -122,8 +127,11 @@ def _distributed_args() -> dict:
           if os.environ.get(env)}
 
 
-def _check_model_dir(model_dir: str) -> pathlib.Path:
-  directory = pathlib.Path(model_dir).expanduser().absolute()
+def _check_model_dir(model_dir: str):
+  """MODEL_DIR as an epath (local or gs://), created and probed for writes."""
+  from ipo_md.checkpoints import paths  # pylint: disable=g-import-not-at-top
+
+  directory = paths.as_path(os.path.expanduser(str(model_dir)))
   try:
     directory.mkdir(parents=True, exist_ok=True)
     # Unique per process: every host of a pod probes the same shared folder.
@@ -131,8 +139,9 @@ def _check_model_dir(model_dir: str) -> pathlib.Path:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
+    reason = getattr(e, "strerror", None) or str(e)
     raise SystemExit(
-        f"MODEL_DIR={model_dir!r} is not writable ({e.strerror}). Choose a "
+        f"MODEL_DIR={model_dir!r} is not writable ({reason}). Choose a "
         "folder you can write, e.g. --gin.MODEL_DIR=\"/tmp/ipo_md_run\".")
   return directory
 

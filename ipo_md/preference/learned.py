@@ -98,7 +98,7 @@ def content_mask(tokens_BxL: jax.Array, eos_id: int = EOS_ID,
 
 def pack(segments: Sequence[jax.Array | Ids], length: int, *,
          eos_id: int = EOS_ID, pad_id: int = PAD_ID,
-         what: str = "model input") -> jax.Array:
+         what: str = "model input", eos: bool = True) -> jax.Array:
   """Packs segments left-aligned into [B, length] ids, then EOS, then pad.
 
   Args:
@@ -107,6 +107,7 @@ def pack(segments: Sequence[jax.Array | Ids], length: int, *,
     length: the fixed output length.
     eos_id / pad_id: special ids.
     what: names the model in the error message.
+    eos: append EOS after the last kept token.
 
   Returns:
     int32 [B, length].
@@ -123,7 +124,7 @@ def pack(segments: Sequence[jax.Array | Ids], length: int, *,
     else:
       tokens.append(s.astype(jnp.int32))
       keep.append(content_mask(s, eos_id, pad_id))
-  needed = sum(t.shape[1] for t in tokens) + 1
+  needed = sum(t.shape[1] for t in tokens) + int(eos)
   if needed > length:
     raise ValueError(
         f"The {what} needs up to {needed} tokens (segments of "
@@ -138,8 +139,20 @@ def pack(segments: Sequence[jax.Array | Ids], length: int, *,
   rows = jnp.arange(batch)[:, None]
   out = jnp.full((batch, length), pad_id, jnp.int32)
   out = out.at[rows, target_BxN].set(tokens_BxN, mode="drop")
+  if not eos:
+    return out
   total_B = jnp.sum(keep_BxN, axis=1)
   return out.at[jnp.arange(batch), total_B].set(eos_id)
+
+
+def packed_length(segments: Sequence[jax.Array | Ids]) -> jax.Array:
+  """[B] number of tokens `pack` keeps of these segments (EOS excluded)."""
+  batch = next(s.shape[0] for s in segments if not isinstance(s, tuple))
+  total = jnp.zeros((batch,), jnp.int32)
+  for s in segments:
+    total = total + (len(s) if isinstance(s, tuple) else jnp.sum(
+        content_mask(s), axis=1).astype(jnp.int32))
+  return total
 
 
 def _readout_ids(readout) -> Ids:
@@ -167,27 +180,52 @@ def readout_score(logits_BxV: jax.Array, readout: Ids) -> jax.Array:
   return score
 
 
+LAYOUTS = ("encoder", "decoder")
+START_ID = 0  # T5's decoder start token.
+
+
+def _check_head(head, name: str) -> None:
+  object.__setattr__(head, "readout", _readout_ids(head.readout))
+  if not isinstance(head.input_length, int) or head.input_length < 2:
+    raise ValueError(
+        f"{name}.input_length={head.input_length!r} must be an int >= 2.")
+  if head.layout not in LAYOUTS:
+    raise ValueError(
+        f"{name}.layout={head.layout!r}; choose one of {LAYOUTS}.")
+  if head.layout == "decoder" and (not isinstance(head.decoder_length, int)
+                                   or head.decoder_length < 2):
+    raise ValueError(
+        f"{name}.decoder_length={head.decoder_length!r}: the 'decoder' "
+        "layout needs the decoder input length (an int >= 2).")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PairwiseHead:
   """How a T5 is read as a pairwise preference model.
 
   Attributes:
-    input_length: the encoder input length of the packed (x, y, y').
+    input_length: the encoder input length.
     readout: (t,) for sigmoid(logit[t]), or (a, b) for sigmoid(logit[a] -
       logit[b]) (text-to-text label tokens, e.g. "A" and "B").
     template: the token pieces around prompt and responses.
+    layout: "encoder" (the default; text-to-text): the encoder reads
+      prefix + prompt + first + y + second + y' + suffix and the logits of
+      the first decoder step are read. "decoder": the encoder reads prefix +
+      prompt (as a policy does), the decoder reads start + first + y +
+      second + y' + suffix teacher-forced, and the logits at its last token
+      are read; a model initialised from an SFT policy then starts from
+      features of how well each response fits the prompt.
+    decoder_length: the decoder input length ("decoder" layout only).
   """
 
   input_length: int
   readout: Ids
   template: Template = Template()
+  layout: str = "encoder"
+  decoder_length: int = 0
 
   def __post_init__(self):
-    object.__setattr__(self, "readout", _readout_ids(self.readout))
-    if not isinstance(self.input_length, int) or self.input_length < 2:
-      raise ValueError(
-          f"PairwiseHead.input_length={self.input_length!r} must be an int "
-          ">= 2.")
+    _check_head(self, "PairwiseHead")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -195,25 +233,56 @@ class RewardHead:
   """How a T5 is read as a reward model r(x, y) (a scalar logit).
 
   Attributes:
-    input_length: the encoder input length of the packed (x, y).
-    readout: (t,): the reward is logit[t] of the first decoder step.
+    input_length: the encoder input length.
+    readout: (t,): the reward is logit[t] at the read-out position.
     template: token pieces (`second` is unused).
+    layout: "encoder" (prefix + prompt + first + y + suffix in the encoder,
+      the first decoder step read) or "decoder" (prefix + prompt in the
+      encoder, start + first + y + suffix in the decoder, its last token
+      read); see PairwiseHead.
+    decoder_length: the decoder input length ("decoder" layout only).
   """
 
   input_length: int
   readout: Ids
   template: Template = Template()
+  layout: str = "encoder"
+  decoder_length: int = 0
 
   def __post_init__(self):
-    object.__setattr__(self, "readout", _readout_ids(self.readout))
+    _check_head(self, "RewardHead")
     if len(self.readout) != 1:
       raise ValueError(
           f"RewardHead.readout={self.readout} must be one token id: the "
           "reward is that token's logit.")
-    if not isinstance(self.input_length, int) or self.input_length < 2:
-      raise ValueError(
-          f"RewardHead.input_length={self.input_length!r} must be an int "
-          ">= 2.")
+
+
+def read_out(net: network.Transformer, params, head, inputs_BxLi,
+             responses, *, what: str) -> jax.Array:
+  """The read-out score of a head on (prompt, response[s]), [B] float32.
+
+  `responses` is (y,) for a reward head and (y, y') for a pairwise head.
+  """
+  t = head.template
+  middle = [t.first, responses[0]]
+  if len(responses) == 2:
+    middle += [t.second, responses[1]]
+  middle.append(t.suffix)
+  if head.layout == "encoder":
+    packed = pack((t.prefix, inputs_BxLi, *middle), head.input_length,
+                  what=what)
+    logits = first_step_logits(net, params, packed)
+  else:
+    encoder = pack((t.prefix, inputs_BxLi), head.input_length,
+                   what=f"{what} (encoder)")
+    segments = ((START_ID,), *middle)
+    decoder = pack(segments, head.decoder_length, eos=False,
+                   what=f"{what} (decoder)")
+    last_B = packed_length(segments) - 1
+    all_logits = net.apply({"params": params}, encoder, decoder)
+    logits = jnp.take_along_axis(all_logits, last_B[:, None, None],
+                                 axis=1)[:, 0].astype(jnp.float32)
+  return readout_score(logits, head.readout)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -230,6 +299,7 @@ class PreferenceModel:
     return self.network.config.vocab_size
 
   def pack(self, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
+    """The encoder input of the "encoder" layout."""
     t = self.head.template
     return pack((t.prefix, inputs_BxLi, t.first, y_BxT, t.second, yp_BxT,
                  t.suffix), self.head.input_length,
@@ -237,9 +307,8 @@ class PreferenceModel:
 
   def logit(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
     """The logit of p(y > y' | x), [B] float32."""
-    packed = self.pack(inputs_BxLi, y_BxT, yp_BxT)
-    logits = first_step_logits(self.network, params, packed)
-    return readout_score(logits, self.head.readout)
+    return read_out(self.network, params, self.head, inputs_BxLi,
+                    (y_BxT, yp_BxT), what="preference model input")
 
   def __call__(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
     return jax.nn.sigmoid(self.logit(params, inputs_BxLi, y_BxT, yp_BxT))
@@ -259,15 +328,15 @@ class RewardModel:
     return self.network.config.vocab_size
 
   def pack(self, inputs_BxLi, y_BxT) -> jax.Array:
+    """The encoder input of the "encoder" layout."""
     t = self.head.template
     return pack((t.prefix, inputs_BxLi, t.first, y_BxT, t.suffix),
                 self.head.input_length, what="reward model input")
 
   def __call__(self, params, inputs_BxLi, y_BxT) -> jax.Array:
     """r(x, y), [B] float32."""
-    logits = first_step_logits(self.network, params,
-                               self.pack(inputs_BxLi, y_BxT))
-    return readout_score(logits, self.head.readout)
+    return read_out(self.network, params, self.head, inputs_BxLi, (y_BxT,),
+                    what="reward model input")
 
   def preference(self) -> "BradleyTerryPreference":
     return BradleyTerryPreference(reward_model=self)

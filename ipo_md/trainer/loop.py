@@ -8,7 +8,6 @@ VM) that writes a checkpoint first.
 
 import dataclasses
 import functools
-import pathlib
 from typing import Any, Callable
 
 import jax
@@ -18,6 +17,7 @@ import optax
 from ipo_md import checkpoints
 from ipo_md import partitioning
 from ipo_md import types
+from ipo_md.checkpoints import paths
 from ipo_md.data import pipeline
 from ipo_md.model import network as network_lib
 from ipo_md.model import scoring
@@ -140,19 +140,21 @@ class Trainer:
                schedule: optax.Schedule, mesh: jax.sharding.Mesh,
                data: pipeline.DataConfig, loop: LoopConfig,
                checkpoint: checkpoints.CheckpointConfig,
-               directory: pathlib.Path, frozen: types.Frozen = types.Frozen(),
+               directory, frozen: types.Frozen = types.Frozen(),
                frozen_shardings: types.Frozen = types.Frozen(),
                init_params: Callable[[], Any] | None = None,
                evaluation: Callable[[Any, Any], dict] | None = None,
                meta: dict | None = None, rows_per_step: int | None = None):
     check_batch(data, loop, mesh)
     self.name, self.network, self.mesh = name, network, mesh
-    self.data, self.loop, self.directory = data, loop, pathlib.Path(directory)
+    self.data, self.loop = data, loop
+    self.directory = paths.as_path(directory)
     self.frozen, self.init_params = frozen, init_params
     self.tx, self.schedule, self.evaluation = tx, schedule, evaluation
     self.meta = dict(meta or {})
-    self.checkpointer = checkpoints.Checkpointer(self.directory / "checkpoints",
-                                                 checkpoint)
+    self.checkpointer = checkpoints.Checkpointer(
+        self.directory / "checkpoints", checkpoint,
+        report=lambda line: print(f"[{name}] {line}", flush=True))
     (self.abstract_state, self.state_shardings,
      self.param_shardings) = abstract_train_state(network, tx, mesh, loop.seed)
     self.batch_sharding = partitioning.batch_sharding(mesh)
@@ -177,14 +179,14 @@ class Trainer:
   def initial_state(self) -> tuple[train_state_lib.TrainState, int]:
     """The latest checkpoint of this stage if any (resume), else a new state
     created directly in its shardings. Returns (state, data position)."""
-    latest = self.checkpointer.latest_step()
-    if latest is not None:
-      self.check_same_model(latest)
-      state, meta = self.checkpointer.restore(latest, self.abstract_state)
+    restored = self.checkpointer.restore_latest(
+        self.abstract_state, check_meta=self._check_meta)
+    if restored is not None:
+      step, meta = restored.step, restored.meta
       print(f"[{self.name}] resumed from {self.checkpointer.directory}/"
-            f"{latest} (data position {meta['data_position']}).", flush=True)
-      self.log.truncate_after(latest)
-      return state, int(meta["data_position"])
+            f"{step} (data position {meta['data_position']}).", flush=True)
+      self.log.truncate_after(step)
+      return restored.state, int(meta["data_position"])
     create = lambda p: train_state_lib.create(p, self.tx, self.loop.seed)
     if self.init_params is None:
       init = lambda: create(scoring.init_params(
@@ -195,17 +197,9 @@ class Trainer:
                       out_shardings=self.state_shardings)(self.init_params())
     return state, 0
 
-  def check_same_model(self, step: int) -> None:
-    saved = self.checkpointer.restore_meta(step).get("model_config")
-    current = dataclasses.asdict(self.network.config)
-    if saved is not None and saved != current:
-      diff = {k: (saved.get(k), v) for k, v in current.items()
-              if saved.get(k) != (list(v) if isinstance(v, tuple) else v)}
-      if diff:
-        raise ValueError(
-            f"The checkpoint {self.checkpointer.directory}/{step} was written "
-            f"by another model (saved vs configured: {diff}). Use a fresh "
-            "MODEL_DIR, or configure the model it was trained with.")
+  def _check_meta(self, meta: dict) -> None:
+    check_same_model(meta, self.network.config,
+                     f"{self.checkpointer.directory}/{meta.get('step')}")
 
   def _save(self, state, data_position: int) -> None:
     step = int(state.step)
@@ -321,6 +315,21 @@ class Trainer:
   def close(self):
     self.checkpointer.close()
     self.log.close()
+
+
+def check_same_model(meta: dict, config, where: str) -> None:
+  """Raises unless a checkpoint's meta was written by a model of `config`."""
+  saved = meta.get("model_config")
+  current = dataclasses.asdict(config)
+  if saved is None:
+    return
+  diff = {k: (saved.get(k), v) for k, v in current.items()
+          if saved.get(k) != (list(v) if isinstance(v, tuple) else v)}
+  if diff:
+    raise ValueError(
+        f"The checkpoint {where} was written by another model (saved vs "
+        f"configured: {diff}). Use a fresh MODEL_DIR, or configure the model "
+        "it was trained with.")
 
 
 def _halted(metrics) -> bool:

@@ -1,12 +1,18 @@
-"""Where metrics go: a concise console line, metrics.jsonl, TensorBoard."""
+"""Where metrics go: a concise console line, metrics.jsonl, TensorBoard.
+
+The stage folder may be local or on a bucket (`gs://`): files go through
+etils.epath; on a bucket, which cannot append, metrics.jsonl is rewritten
+whole at each write (it is small).
+"""
 
 import json
 import math
-import pathlib
 import sys
 import time
 
 from clu import metric_writers
+
+from ipo_md.checkpoints import paths
 
 # Shown on the console line when present, in this order (all go to the files).
 _CONSOLE_KEYS = ("loss", "nll_per_token", "rewards/margin", "preference/mean",
@@ -23,39 +29,59 @@ class MetricsLog:
   metrics are the same global values) it writes nothing.
   """
 
-  def __init__(self, directory: pathlib.Path, *, name: str, total_steps: int,
+  def __init__(self, directory, *, name: str, total_steps: int,
                rows_per_step: int, stream=sys.stdout, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
-    self.directory = directory
-    directory.mkdir(parents=True, exist_ok=True)
+    self.directory = paths.as_path(directory)
+    self.directory.mkdir(parents=True, exist_ok=True)
     self.name = name
     self.total_steps = total_steps
     self.rows_per_step = rows_per_step
     self.stream = stream
-    self._jsonl = open(directory / "metrics.jsonl", "a", encoding="utf-8")
-    self._tb = metric_writers.SummaryWriter(str(directory / "tensorboard"))
+    self._path = self.directory / "metrics.jsonl"
+    self._remote = paths.is_remote(self._path)
+    self._lines = self._read_lines() if self._remote else None
+    self._jsonl = None if self._remote else self._path.open("a")
+    self._tb = metric_writers.SummaryWriter(str(self.directory /
+                                                "tensorboard"))
     self._last = None  # (time, step) of the previous console line.
+
+  def _read_lines(self) -> list[str]:
+    if not self._path.exists():
+      return []
+    return self._path.read_text().splitlines()
 
   def truncate_after(self, step: int) -> None:
     """Drops metrics.jsonl lines of steps after `step` (a resume from that
     step's checkpoint writes them again, so each step appears once)."""
     if not self.enabled:
       return
-    self._jsonl.close()
-    path = self.directory / "metrics.jsonl"
+    if self._jsonl is not None:
+      self._jsonl.close()
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in self._read_lines():
       try:
         if json.loads(line).get("step", 0) <= step:
           kept.append(line)
       except json.JSONDecodeError:
         continue  # A line cut by a crash mid-write.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-    tmp.replace(path)
-    self._jsonl = open(path, "a", encoding="utf-8")
+    tmp = self.directory / "metrics.jsonl.tmp"
+    tmp.write_text("".join(k + "\n" for k in kept))
+    tmp.replace(self._path)
+    if self._remote:
+      self._lines = kept
+    else:
+      self._jsonl = self._path.open("a")
+
+  def _append(self, line: str) -> None:
+    if self._remote:
+      self._lines.append(line)
+      self._path.write_text("".join(k + "\n" for k in self._lines))
+    else:
+      self._jsonl.write(line + "\n")
+      self._jsonl.flush()
 
   def write(self, step: int, metrics: dict, *, console: bool = True) -> None:
     if not self.enabled:
@@ -66,8 +92,7 @@ class MetricsLog:
       rate = (step - self._last[1]) / max(now - self._last[0], 1e-9)
       scalars["timing/steps_per_sec"] = rate
       scalars["timing/samples_per_sec"] = rate * self.rows_per_step
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
+    self._append(json.dumps({"step": step, **scalars}))
     self._tb.write_scalars(step, scalars)
     if console:
       self._console(step, scalars)
@@ -89,6 +114,7 @@ class MetricsLog:
   def close(self):
     if not self.enabled:
       return
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     self._tb.flush()
     self._tb.close()

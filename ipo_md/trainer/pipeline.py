@@ -379,26 +379,23 @@ def _needed_after(planned, index) -> set:
 
 
 def _latest_step(directory, config) -> int | None:
-  """The latest saved step of a stage folder, after checking that it was
-  written by a model of `config`."""
+  """The latest saved step of a stage folder (file sizes checked, nothing
+  hashed or moved), after checking that a model of `config` wrote it."""
   if not epath.Path(f"{directory}/checkpoints").exists():
     return None
   checkpointer = checkpoints.Checkpointer(f"{directory}/checkpoints",
                                           checkpoints.CheckpointConfig())
   try:
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      saved = checkpointer.restore_meta(latest).get("model_config")
-      current = dataclasses.asdict(config)
-      diff = {k: (saved.get(k), v) for k, v in current.items()
-              if saved is not None
-              and saved.get(k) != (list(v) if isinstance(v, tuple) else v)}
-      if diff:
-        raise StageError(
-            f"The checkpoint {checkpointer.directory}/{latest} was written "
-            f"by another model (saved vs configured: {diff}). Use a fresh "
-            "MODEL_DIR, or configure the model it was trained with.")
-    return latest
+    latest = checkpointer.latest_meta()
+    if latest is None:
+      return None
+    step, meta = latest
+    try:
+      loop_lib.check_same_model(meta, config,
+                                f"{checkpointer.directory}/{step}")
+    except ValueError as e:
+      raise StageError(str(e)) from None
+    return step
   finally:
     checkpointer.close()
 

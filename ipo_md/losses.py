@@ -18,14 +18,17 @@ checks the code that trains the T5 policies.
 
 The contrastive losses share one metric vocabulary:
 
-  loss, rewards/margin (mean h), rewards/accuracy, pref/mean,
+  loss, rewards/margin, rewards/accuracy, signal/mean,
   logps/policy_y, logps/policy_yp, logps/ref_y, logps/ref_yp
 
 with h = [log pi(y) - log pi_ref(y)] - [log pi(y') - log pi_ref(y')].
-`rewards/accuracy` is the accuracy expected under the soft label,
-p 1[h > 0] + (1 - p) 1[h < 0] + 1/2 1[h = 0]: the fraction with h > 0 for
-offline (chosen, rejected) pairs (p = 1), and invariant to swapping y, y'.
-The maths is in ALGORITHMS.md §2; section numbers below refer to it.
+`rewards/margin` and `rewards/accuracy` are the log-ratio margin and the
+accuracy of the preferred response over the other, expected under the soft
+label p: (2p - 1) h and p 1[h > 0] + (1 - p) 1[h < 0] + 1/2 1[h = 0]. For an
+offline (chosen, rejected) pair (p = 1) they are h and 1[h > 0]; both are
+invariant to swapping y and y' (with p -> 1 - p). `signal/mean` is the mean
+label p (the policy-gradient losses: the mean preference or reward).
+docs/methods.md derives every loss and names the paper section it comes from.
 """
 
 import numbers
@@ -47,7 +50,7 @@ def _check_tau(tau: float) -> float:
   ):
     raise ValueError(
         f"tau={tau!r} must be a finite Python float > 0 (the regularisation "
-        "strength of ALGORITHMS.md §1); pass e.g. tau=1.0."
+        "strength; docs/methods.md); pass e.g. tau=1.0."
     )
   return float(tau)
 
@@ -103,9 +106,10 @@ def _pair_metrics(loss_B, h_B, pref_B, logps: tuple[jax.Array, ...]) -> Metrics:
   )
   return {
       "loss": jnp.mean(loss_B),
-      "rewards/margin": jnp.mean(h_B),
+      # The preferred response's margin under the label: p h + (1 - p) (-h).
+      "rewards/margin": jnp.mean((2.0 * pref_B - 1.0) * h_B),
       "rewards/accuracy": jnp.mean(correct_B),
-      "pref/mean": jnp.mean(pref_B),
+      "signal/mean": jnp.mean(pref_B),
       "logps/policy_y": jnp.mean(policy_y_B),
       "logps/policy_yp": jnp.mean(policy_yp_B),
       "logps/ref_y": jnp.mean(ref_y_B),
@@ -133,10 +137,10 @@ def ipo_loss(
 
   This is `p (h - 1/(2 tau))^2 + (1-p) (-h - 1/(2 tau))^2`, both orderings of
   the pair weighted by the preference, minus a constant of (p, tau)
-  (ALGORITHMS.md §2.2, arXiv 2403.08635 Eq. 11). With p = 1 it is offline
+  (arXiv 2403.08635 §4, Eq. 11; docs/methods.md). With p = 1 it is offline
   IPO's Eq. 17 of arXiv 2310.12036, `(h - 1/(2 tau))^2`, for a
   (chosen, rejected) pair. Online IPO samples y, y' from the policy; IPO-MD
-  (§2.3) uses this loss unchanged, only its sampler draws both responses from
+  (arXiv 2403.08635 §5) uses this loss unchanged, only its sampler draws both responses from
   the geometric mixture of policy and reference, and h stays the policy's.
 
   Args:
@@ -177,9 +181,9 @@ def dpo_loss(
 
     loss = -p log sigma(tau h) - (1 - p) log sigma(-tau h)
 
-  (ALGORITHMS.md §2.5; DPO is arXiv 2305.18290, its online soft-label form is
-  the baseline of arXiv 2403.08635.) tau multiplies h inside the sigmoid. With
-  p = 1 this is offline DPO, -log sigma(tau h).
+  (DPO is arXiv 2305.18290 §4; its online soft-label form is a baseline of
+  arXiv 2403.08635 §6; docs/methods.md.) tau multiplies h inside the
+  sigmoid. With p = 1 this is offline DPO, -log sigma(tau h).
 
   Args:
     policy_logps_y_B: [batch] log pi_theta(y|x).
@@ -219,11 +223,11 @@ def slic_loss(
 
     loss = p max(0, 1 - tau h) + (1 - p) max(0, 1 + tau h)
 
-  (ALGORITHMS.md §2.6.) The exact SLiC form used in arXiv 2403.08635 was not
+  (docs/methods.md.) The exact SLiC form used in arXiv 2403.08635 was not
   found. This is the default form: a hinge on the log-ratio difference, as in
   TRL's `loss_type="hinge"`, i.e. a margin of 1/tau nats. The SLiC-HF variant
   of arXiv 2305.10425 (no reference ratio, plus a cross-entropy term) is a
-  different objective and is not this function.
+  different objective: `slic_hf_loss`.
 
   Args:
     policy_logps_y_B: [batch] log pi_theta(y|x).
@@ -249,6 +253,64 @@ def slic_loss(
   metrics["slic/active"] = jnp.mean(
       pref_B * (hinge_y_B > 0) + (1.0 - pref_B) * (hinge_yp_B > 0)
   )
+  return loss_B, metrics
+
+
+def slic_hf_loss(
+    policy_logps_y_B: jax.typing.ArrayLike,
+    policy_logps_yp_B: jax.typing.ArrayLike,
+    ref_logps_y_B: jax.typing.ArrayLike,
+    ref_logps_yp_B: jax.typing.ArrayLike,
+    pref_B: jax.typing.ArrayLike,
+    *,
+    tau: float,
+    regularizer: float = 1.0,
+) -> tuple[jax.Array, Metrics]:
+  """SLiC-HF's form (arXiv 2305.10425, its rank-calibration loss with the
+  cross-entropy regulariser): no reference ratio, plus a likelihood term.
+
+    d    = log pi(y) - log pi(y')
+    loss = p max(0, 1 - tau d) + (1 - p) max(0, 1 + tau d)
+           - regularizer (p log pi(y) + (1 - p) log pi(y'))
+
+  The alternative to `slic_loss` for the open "SLiC form" choice (which form
+  arXiv 2403.08635 used was not found). SLiC-HF regularises towards the SFT
+  target; a pair task has none, so the preferred response (the chosen one,
+  or each response weighted by its label) stands in for it. The reference
+  log-probs are accepted for the shared signature and not used; a margin of
+  1/tau nats as in `slic_loss`.
+
+  Args:
+    policy_logps_y_B: [batch] log pi_theta(y|x).
+    policy_logps_yp_B: [batch] log pi_theta(y'|x).
+    ref_logps_y_B: [batch] unused (same signature as the other pair losses).
+    ref_logps_yp_B: [batch] unused.
+    pref_B: [batch] p(y > y'|x) in [0, 1].
+    tau: inverse margin (> 0).
+    regularizer: weight lambda >= 0 of the likelihood term.
+
+  Returns:
+    (loss_B [batch], metrics); `rewards/margin` and `rewards/accuracy` are
+    still those of the log-ratio h, comparable with the other losses.
+  """
+  tau = _check_tau(tau)
+  if (isinstance(regularizer, bool) or not isinstance(regularizer,
+                                                      numbers.Real)
+      or not 0.0 <= float(regularizer) < float("inf")):
+    raise ValueError(
+        f"regularizer={regularizer!r} must be a finite float >= 0 (the "
+        "weight of the likelihood term; 0 drops it).")
+  *logps, pref_B = _check_pair_inputs(
+      policy_logps_y_B, policy_logps_yp_B, ref_logps_y_B, ref_logps_yp_B, pref_B
+  )
+  policy_y_B, policy_yp_B = logps[0], logps[1]
+  d_B = policy_y_B - policy_yp_B
+  nll_B = -(pref_B * policy_y_B + (1.0 - pref_B) * policy_yp_B)
+  loss_B = (pref_B * jax.nn.relu(1.0 - tau * d_B)
+            + (1.0 - pref_B) * jax.nn.relu(1.0 + tau * d_B)
+            + float(regularizer) * nll_B)
+  metrics = _pair_metrics(loss_B, _log_ratio_margin(logps), pref_B, logps)
+  metrics["slic/nll_preferred"] = jnp.mean(nll_B)
   return loss_B, metrics
 
 
@@ -280,10 +342,12 @@ def _kl_weights(
   log_ratio_BxL = mask_BxL * (policy_BxL - ref_BxL)
   if kl_estimator == "reward_to_go":
     # sum_{k >= n} of the per-token log-ratios: unbiased for the gradient of
-    # the sequence-level KL(pi || pi_ref) (ALGORITHMS.md §2.4).
+    # the sequence-level KL(pi || pi_ref) (arXiv 2312.00886 §7.2).
     weights_BxL = jnp.flip(jnp.cumsum(jnp.flip(log_ratio_BxL, 1), axis=1), 1)
   elif kl_estimator == "per_token":
-    # TRL's NashMDTrainer: each token sees only its own log-ratio (§6.2).
+    # TRL's NashMDTrainer: each token sees only its own log-ratio, the
+    # gradient of the per-prefix KLs with the prefixes held fixed (biased
+    # for the sequence-level KL; docs/methods.md).
     weights_BxL = log_ratio_BxL
   else:
     raise ValueError(
@@ -310,7 +374,7 @@ def _pg_surrogate(
       "loss": jnp.mean(loss_B),
       "logps/policy_y": jnp.mean(policy_B),
       "logps/ref_y": jnp.mean(ref_B),
-      "pg/kl": jnp.mean(kl_B),
+      "kl/sampled": jnp.mean(kl_B),
       "pg/regularised_return": jnp.mean(advantage_B - tau * kl_B),
   }
   return loss_B, metrics
@@ -325,7 +389,7 @@ def nash_md_pg_loss(
     tau: float,
     kl_estimator: str = "reward_to_go",
 ) -> tuple[jax.Array, Metrics]:
-  """Nash-MD-PG surrogate loss (arXiv 2312.00886 §7; ALGORITHMS.md §2.4).
+  """Nash-MD-PG surrogate loss (arXiv 2312.00886 §7, App. F; docs/methods.md).
 
   y is sampled from the policy, y' from the geometric mixture (beta = 0 is
   self-play), and p = P(y > y'|x). Only y receives a gradient. With
@@ -337,8 +401,8 @@ def nash_md_pg_loss(
   whose gradient is minus the ascent estimate
   grad log pi(y) (p - 1/2 - tau log[pi(y)/pi_ref(y)]). The constant 1/2 is a
   baseline (p(y > y) = 1/2). `kl_estimator="per_token"` replaces the
-  reward-to-go sum by the token's own log-ratio, as TRL does (§6.2); that
-  estimator is biased for the sequence-level KL gradient.
+  reward-to-go sum by the token's own log-ratio, as TRL's NashMDTrainer does;
+  that estimator is biased for the sequence-level KL gradient.
 
   Args:
     policy_token_logps_BxL: [batch, length] log pi_theta(y_n | x, y_<n).
@@ -350,7 +414,9 @@ def nash_md_pg_loss(
 
   Returns:
     (loss_B [batch], metrics). The loss value is a surrogate; only its
-    gradient is meaningful. `pg/kl` is the mean sampled sequence log-ratio.
+    gradient is meaningful. `kl/sampled` is the mean sequence log-ratio
+    log pi(y)/pi_ref(y) of the samples (an estimate of KL(pi || pi_ref) when
+    y ~ pi); `signal/mean` the mean p.
   """
   tau = _check_tau(tau)
   policy_BxL, ref_BxL, mask_BxL, pref_B = _check_token_inputs(
@@ -360,7 +426,7 @@ def nash_md_pg_loss(
       policy_BxL, ref_BxL, mask_BxL, pref_B - 0.5, tau=tau,
       kl_estimator=kl_estimator,
   )
-  metrics["pref/mean"] = jnp.mean(pref_B)
+  metrics["signal/mean"] = jnp.mean(pref_B)
   return loss_B, metrics
 
 
@@ -372,17 +438,22 @@ def rlhf_pg_loss(
     *,
     tau: float,
     kl_estimator: str = "reward_to_go",
+    baseline_B: jax.typing.ArrayLike | None = None,
 ) -> tuple[jax.Array, Metrics]:
-  """KL-regularised REINFORCE surrogate for the RLHF baseline (§2.7).
+  """KL-regularised REINFORCE surrogate for the RLHF baseline.
 
-    loss = -SG(r) sum_n log pi(y_n)
+    loss = -SG(r - b) sum_n log pi(y_n)
            + tau sum_n log pi(y_n) SG(sum_{k>=n} log[pi(y_k) / pi_ref(y_k)])
 
-  The gradient is minus grad log pi(y) (r(x, y) - tau log[pi(y)/pi_ref(y)]),
-  the ascent direction of arXiv 2403.08635's RL baseline. Its per-token KL
-  handling and any reward baseline were not found; reward-to-go (the default)
-  matches Nash-MD-PG, "per_token" is TRL's choice. No baseline is subtracted:
-  centre or normalise `reward_B` before calling if you want one.
+  The gradient is minus grad log pi(y) (r(x, y) - b - tau log[pi(y)/
+  pi_ref(y)]), the ascent direction of the regularised objective
+  E[r] - tau KL(pi || pi_ref) of arXiv 2403.08635's RL baseline (§6; the
+  method of arXiv 2312.00886 App. G.3). A baseline b that does not depend on
+  y (e.g. the reward of another sample of the same prompt) leaves the
+  expected gradient unchanged and lowers its variance. The papers give
+  neither the per-token KL handling nor the baseline: reward-to-go (the
+  default) matches Nash-MD-PG, "per_token" is TRL's choice; the baseline is
+  the caller's (`ipo_md.trainer.policy_gradient.RLHF` chooses it).
 
   Args:
     policy_token_logps_BxL: [batch, length] log pi_theta(y_n | x, y_<n).
@@ -391,20 +462,31 @@ def rlhf_pg_loss(
     reward_B: [batch] scalar reward r(x, y) of the sampled response.
     tau: KL coefficient (> 0).
     kl_estimator: "reward_to_go" (default) or "per_token".
+    baseline_B: [batch] baseline b subtracted from the reward (None: 0).
 
   Returns:
-    (loss_B [batch], metrics), with `reward/mean`.
+    (loss_B [batch], metrics), with `signal/mean` (the mean reward) and
+    `pg/advantage` (the mean r - b).
   """
   tau = _check_tau(tau)
   policy_BxL, ref_BxL, mask_BxL, reward_B = _check_token_inputs(
       policy_token_logps_BxL, ref_token_logps_BxL, mask_BxL, reward_B,
       "reward_B",
   )
+  advantage_B = reward_B
+  if baseline_B is not None:
+    if jnp.shape(baseline_B) != jnp.shape(reward_B):
+      raise ValueError(
+          f"baseline_B has shape {jnp.shape(baseline_B)}, reward_B "
+          f"{jnp.shape(reward_B)}; pass one baseline per sequence."
+      )
+    advantage_B = reward_B - _as_float(baseline_B)
   loss_B, metrics = _pg_surrogate(
-      policy_BxL, ref_BxL, mask_BxL, reward_B, tau=tau,
+      policy_BxL, ref_BxL, mask_BxL, advantage_B, tau=tau,
       kl_estimator=kl_estimator,
   )
-  metrics["reward/mean"] = jnp.mean(reward_B)
+  metrics["signal/mean"] = jnp.mean(reward_B)
+  metrics["pg/advantage"] = jnp.mean(advantage_B)
   return loss_B, metrics
 
 
@@ -438,13 +520,13 @@ def sft_loss(
 def hard_labels(
     pref_B: jax.typing.ArrayLike, *, mode: str, rng: jax.Array | None = None
 ) -> jax.Array:
-  """Turns soft preferences into hard labels (the "label mode" of §7.1).
+  """Turns soft preferences into hard labels (the "label mode" option).
 
   Soft labels are the default everywhere and give the Nash equilibrium as the
   fixed point. "bernoulli" draws I ~ Bernoulli(p): the same expected gradient,
   more variance. "argmax" uses 1[p > 1/2] (1/2 on an exact tie); it changes
   the regression target to (1[p > 1/2] - 1/2)/tau, so the fixed point is no
-  longer the Nash equilibrium of the game (ALGORITHMS.md §6.5).
+  longer the Nash equilibrium of the game (docs/methods.md, "Labels").
 
   Args:
     pref_B: [batch] p(y > y'|x) in [0, 1].

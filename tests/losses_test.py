@@ -19,9 +19,10 @@ PAIR_LOSSES = (
     ("ipo", losses.ipo_loss),
     ("dpo", losses.dpo_loss),
     ("slic", losses.slic_loss),
+    ("slic_hf", losses.slic_hf_loss),
 )
 PAIR_METRICS = {
-    "loss", "rewards/margin", "rewards/accuracy", "pref/mean",
+    "loss", "rewards/margin", "rewards/accuracy", "signal/mean",
     "logps/policy_y", "logps/policy_yp", "logps/ref_y", "logps/ref_yp",
 }
 
@@ -66,7 +67,10 @@ class PairwiseLossTest(parameterized.TestCase):
     self.assertEqual(set(metrics), PAIR_METRICS | {"ipo/target"})
     np.testing.assert_allclose(metrics["loss"], (1.0 + 0.36 + 0.0625) / 3,
                                rtol=1e-6)
-    np.testing.assert_allclose(metrics["rewards/margin"], 1.25 / 3, rtol=1e-6)
+    # The preferred response's margin under the label, (2p - 1) h:
+    # 1 * 2.0 + (-0.4) * (-1.0) + 0 * 0.25.
+    np.testing.assert_allclose(metrics["rewards/margin"], 2.4 / 3, rtol=1e-6)
+    np.testing.assert_allclose(metrics["signal/mean"], 1.8 / 3, rtol=1e-6)
     # Soft accuracy: 1 (h>0, p=1) + 0.7 (h<0, 1-p) + 0.5 (h>0, p=1/2).
     np.testing.assert_allclose(metrics["rewards/accuracy"], 2.2 / 3, rtol=1e-6)
     np.testing.assert_allclose(metrics["ipo/target"], 0.6 / 3, rtol=1e-6)
@@ -101,6 +105,26 @@ class PairwiseLossTest(parameterized.TestCase):
     # active: pair 0 none, pair 1 the y-hinge (weight 0.3), pair 2 both.
     np.testing.assert_allclose(metrics["slic/active"], 1.3 / 3, rtol=1e-6)
 
+  def test_slic_hf_values_gradient_and_no_reference(self):
+    tau, lam = 2.0, 0.5  # d = log pi(y) - log pi(y') = [2, -1, 0.25] = H
+    loss_B, metrics = losses.slic_hf_loss(*_pair_args(), tau=tau,
+                                          regularizer=lam)
+    # The hinges of slic_loss [0, 0.9, 1.0] plus lam times the label-weighted
+    # NLL [1.0, 0.3*2 + 0.7*1, 0.5*4 + 0.5*4.25].
+    np.testing.assert_allclose(loss_B, [0.5, 1.55, 3.0625], rtol=1e-6)
+    py, pyp, ry, ryp, p = _pair_args()
+    moved_B, _ = losses.slic_hf_loss(py, pyp, ry + 3.0, ryp - 1.0, p, tau=tau,
+                                     regularizer=lam)
+    np.testing.assert_allclose(moved_B, loss_B, rtol=1e-6)
+    g_y, g_yp = _grads_wrt_policy(
+        functools.partial(losses.slic_hf_loss, regularizer=lam), tau)
+    np.testing.assert_allclose(g_y, [-0.5, -0.75, -0.25], atol=1e-6)
+    np.testing.assert_allclose(g_yp, [0.0, 0.25, -0.25], atol=1e-6)
+    np.testing.assert_allclose(metrics["slic/nll_preferred"], 6.425 / 3,
+                               rtol=1e-6)
+    with self.assertRaisesRegex(ValueError, "regularizer=-1.0 must be"):
+      losses.slic_hf_loss(*_pair_args(), tau=tau, regularizer=-1.0)
+
   def test_soft_ipo_equals_both_orderings_up_to_a_constant(self):
     tau = 0.7
     two_orderings = lambda h, p: (p * (h - 1 / (2 * tau)) ** 2
@@ -128,7 +152,7 @@ class PairwiseLossTest(parameterized.TestCase):
     swapped_B, swapped = loss_fn(pyp, py, ryp, ry, 1.0 - p, tau=1.5)
     np.testing.assert_allclose(swapped_B, loss_B, rtol=1e-6)
     np.testing.assert_allclose(swapped["rewards/margin"],
-                               -metrics["rewards/margin"], rtol=1e-6)
+                               metrics["rewards/margin"], rtol=1e-6)
     np.testing.assert_allclose(swapped["rewards/accuracy"],
                                metrics["rewards/accuracy"], rtol=1e-6)
 
@@ -228,8 +252,9 @@ class PolicyGradientLossTest(parameterized.TestCase):
     np.testing.assert_allclose(loss_B, expected, rtol=1e-5)
     np.testing.assert_allclose(metrics["logps/policy_y"], -1.9, rtol=1e-6)
     np.testing.assert_allclose(metrics["logps/ref_y"], -1.6, rtol=1e-6)
-    np.testing.assert_allclose(metrics["pg/kl"], (0.2 - 0.8) / 2, rtol=1e-5)
-    np.testing.assert_allclose(metrics["pref/mean"], 0.55, rtol=1e-6)
+    np.testing.assert_allclose(metrics["kl/sampled"], (0.2 - 0.8) / 2,
+                               rtol=1e-5)
+    np.testing.assert_allclose(metrics["signal/mean"], 0.55, rtol=1e-6)
     np.testing.assert_allclose(metrics["pg/regularised_return"],
                                np.mean([0.4 - 0.1, -0.3 + 0.4]), rtol=1e-5)
 
@@ -241,10 +266,24 @@ class PolicyGradientLossTest(parameterized.TestCase):
     nash_B, _ = losses.nash_md_pg_loss(TOKENS_PI, TOKENS_REF, MASK, P_PG,
                                        tau=tau)
     np.testing.assert_allclose(rl_B, nash_B, rtol=1e-6)
-    np.testing.assert_allclose(rl_metrics["reward/mean"], 0.05, atol=1e-7)
+    np.testing.assert_allclose(rl_metrics["signal/mean"], 0.05, atol=1e-7)
     np.testing.assert_allclose(
         _token_grad(losses.rlhf_pg_loss, reward, tau),
         _token_grad(losses.nash_md_pg_loss, P_PG, tau), atol=1e-6)
+
+  def test_rlhf_baseline_shifts_the_advantage_not_the_reward_metric(self):
+    reward = np.array([1.0, -0.5], np.float32)
+    baseline = np.array([0.25, 0.5], np.float32)
+    with_b, metrics = losses.rlhf_pg_loss(TOKENS_PI, TOKENS_REF, MASK, reward,
+                                          tau=0.3, baseline_B=baseline)
+    shifted, _ = losses.rlhf_pg_loss(TOKENS_PI, TOKENS_REF, MASK,
+                                     reward - baseline, tau=0.3)
+    np.testing.assert_allclose(with_b, shifted, rtol=1e-6)
+    np.testing.assert_allclose(metrics["signal/mean"], 0.25, rtol=1e-6)
+    np.testing.assert_allclose(metrics["pg/advantage"], -0.125, rtol=1e-6)
+    with self.assertRaisesRegex(ValueError, "one baseline per sequence"):
+      losses.rlhf_pg_loss(TOKENS_PI, TOKENS_REF, MASK, reward, tau=0.3,
+                          baseline_B=baseline[:1])
 
   def test_padding_is_ignored(self):
     garbage = np.where(MASK > 0, TOKENS_PI, 123.0).astype(np.float32)

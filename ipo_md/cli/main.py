@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "convert": ("convert", "Import Hugging Face / T5X T5 checkpoints."),
     "export": ("export", "Export a trained policy to the Hugging Face layout."),
     "eval": ("eval", "Side-by-side evaluation of policies by judges (oracle, learned PM, LLM)."),
+    "tournament": ("tournament", "Train every method with K seeds and compare them side by side (Table 2)."),
 }
 
 

@@ -4,6 +4,10 @@ the reference, and pairs of them judged by a preference signal.
 Every online objective, the evaluation and the benchmarks sample and judge in
 the same way; these functions are that one way, pure and traceable under jit.
 Samples are always drawn under stop-gradient (nothing flows through them).
+
+Rows of several completions per prompt are ordered [all prompts] * repeats:
+row r * B + i is completion r of prompt i, so `tile_prompts` gives the prompt
+of every row and the first B rows are y, the next B rows y', and so on.
 """
 
 from typing import Any
@@ -69,6 +73,44 @@ def sample_mixture(policy_net: network.Transformer, policy_params,
   return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
 
 
+def row_betas(beta: float, batch: int, *, policy_repeats: int,
+              mixture_repeats: int) -> jax.Array:
+  """[(policy_repeats + mixture_repeats) * batch] mixture weights: 0 on the
+  first policy_repeats * batch rows (the policy itself), `beta` on the rest
+  (Nash-MD-PG's y and y', drawn by one sampler call of `sample_mixture`)."""
+  return jnp.concatenate([
+      jnp.zeros((policy_repeats * batch,), jnp.float32),
+      jnp.full((mixture_repeats * batch,), beta, jnp.float32)])
+
+
+def sample_policy_and_mixture(policy_net: network.Transformer, policy_params,
+                              ref_net: network.Transformer, ref_params,
+                              inputs_BxS: jax.Array, rng: jax.Array,
+                              cfg: sampling.SamplingConfig, *, beta: float,
+                              policy_repeats: int = 1,
+                              mixture_repeats: int = 1) -> sampling.Samples:
+  """`policy_repeats` completions per prompt from the policy, then
+  `mixture_repeats` from the geometric mixture with weight `beta` on the
+  reference, in one sampler call (one weight per row).
+
+  beta = 0 (self-play) samples every row from the policy alone, so the
+  reference does not run and `aux_logps` has no "ref" entry.
+  """
+  repeats = policy_repeats + mixture_repeats
+  if float(beta) == 0.0:
+    return sample(policy_net, policy_params, inputs_BxS, rng, cfg,
+                  repeats=repeats)
+  betas = row_betas(beta, inputs_BxS.shape[0], policy_repeats=policy_repeats,
+                    mixture_repeats=mixture_repeats)
+  return sample_mixture(policy_net, policy_params, ref_net, ref_params,
+                        inputs_BxS, rng, cfg, beta=betas, repeats=repeats)
+
+
+def tile_prompts(inputs_BxS: jax.Array, repeats: int) -> jax.Array:
+  """[repeats * B, S]: the prompt of every row of `repeats` completions."""
+  return jnp.concatenate([inputs_BxS] * repeats, axis=0)
+
+
 def split_pairs(samples: sampling.Samples, batch: int):
   """(y [B, T], y' [B, T]) from samples with two rows per prompt."""
   return samples.tokens[:batch], samples.tokens[batch:]
@@ -87,6 +129,27 @@ def judge(signal, params, inputs_BxS: jax.Array, y_BxT: jax.Array,
   else:
     p = signal(params, inputs_BxS, y_BxT, yp_BxT)
   return jax.lax.stop_gradient(p.astype(jnp.float32))
+
+
+def reward(signal, params, inputs_BxS: jax.Array,
+           y_RBxT: jax.Array) -> jax.Array:
+  """r(x, y) of every row from a RewardSignal, [R * B] float32 under
+  stop-gradient (rows of R completions per prompt, see the module doc)."""
+  repeats = y_RBxT.shape[0] // inputs_BxS.shape[0]
+  if repeats * inputs_BxS.shape[0] != y_RBxT.shape[0]:
+    raise ValueError(
+        f"{y_RBxT.shape[0]} completions are not a multiple of the "
+        f"{inputs_BxS.shape[0]} prompts.")
+  r = signal(params, tile_prompts(inputs_BxS, repeats), y_RBxT)
+  return jax.lax.stop_gradient(r.astype(jnp.float32))
+
+
+def sequence_log_ratio(policy_token_BxT: jax.Array, ref_token_BxT: jax.Array,
+                       mask_BxT: jax.Array) -> jax.Array:
+  """log pi(y|x) - log pi_ref(y|x) per row, summed over the response tokens
+  whatever the objective's reduction: with y ~ pi its mean estimates
+  KL(pi || pi_ref) (the shared `kl/sampled` metric). [B] float32."""
+  return jnp.sum(mask_BxT * (policy_token_BxT - ref_token_BxT), axis=1)
 
 
 def sample_statistics(tokens_BxT: jax.Array, mask_BxT: jax.Array,

@@ -152,8 +152,8 @@ def test_a_pairs_task_on_an_online_stage_and_the_reverse():
      r"OnlinePairwise.beta=1.5 must be a float in \[0, 1\]"),
     (dict(label_mode="hardest"), r"OnlinePairwise.label_mode='hardest'; "
      r"choose one of \('soft', 'bernoulli', 'argmax'\)"),
-    (dict(tau=0.0), r"stage 'ipo': its train step does not trace: tau=0.0 "
-     r"must be a finite Python float > 0"),
+    (dict(tau=0.0), r"stage 'ipo': building its objective: OnlinePairwise."
+     r"loss_fn: tau=0.0 must be a finite Python float > 0"),
 ])
 def test_a_bad_last_stage_is_reported_before_the_first_trains(bad, pattern):
   _plan_fails([_sft(), _pm(), _online(**bad)], pattern, trace=True)

@@ -5,7 +5,7 @@ hyper-parameters, and has two pure phases:
 
 * `prepare(params, frozen, batch, rng)`: everything without a gradient:
   sampling completions (under stop-gradient), labelling them with a
-  preference signal, reference log-probs;
+  preference or reward signal, reference log-probs;
 * `loss(params, frozen, prepared, rng)`: what is differentiated: the
   teacher-forced log-probs (or a learned model's read-out) and a loss of
   `ipo_md.losses`.
@@ -15,11 +15,25 @@ frozen models the stage reads. Each objective also declares the batch kind it
 consumes (`batch_kind`), the frozen roles it reads (`reads`) and how many
 sampled rows one example becomes (`rows_per_example`), so the whole run is
 checked against its data and models before any stage trains.
+
+This module holds the protocol, SFT, the online contrastive methods
+(`OnlinePairwise`: online IPO, IPO-MD, online DPO, online SLiC), the
+preference- and reward-model objectives, and the functions every objective
+shares: `rollout` (sampling plus the reference's log-probs), `resolve_signal`,
+`label_pairs`, `reference_logps` and `sample_metrics`. The policy-gradient
+methods live in `policy_gradient`, the offline ones in `offline`. Every
+method and its options are described in docs/methods.md.
+
+Metric names every policy objective logs (docs/methods.md, "Metrics"):
+`loss`, `kl/sampled`, `signal/mean`, `rewards/margin`, `samples/length`,
+`samples/eos_rate`.
 """
 
 import dataclasses
+import numbers
 from typing import Any, Callable, Protocol
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -38,6 +52,11 @@ SFT_KIND, PAIRS_KIND, PROMPTS_KIND = "sft", "pairs", "prompts"
 # (policy_y, policy_yp, ref_y, ref_yp, pref) -> (loss_B, metrics)
 PairLoss = Callable[..., tuple[jax.Array, dict]]
 
+# The metric names shared by every policy objective (docs/methods.md).
+KL_METRIC = "kl/sampled"
+SIGNAL_METRIC = "signal/mean"
+MARGIN_METRIC = "rewards/margin"
+
 
 class Objective(Protocol):
   """What the train step and the whole-run validation need of an objective."""
@@ -55,8 +74,12 @@ class Objective(Protocol):
     ...
 
 
-def _dropout_rngs(net: network.Transformer, rng):
+def dropout_rngs(net: network.Transformer, rng):
+  """The `rngs` of a training forward pass (None when dropout is off)."""
   return {"dropout": rng} if net.config.dropout_rate > 0 else None
+
+
+_dropout_rngs = dropout_rngs  # The name the first objectives used.
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,10 +101,62 @@ class SFT:
     net = self.models.policy
     scores = scoring.score_targets(net, params, batch["inputs"],
                                    batch["targets"], eos_id=self.eos_id,
-                                   rngs=_dropout_rngs(net, rng))
+                                   rngs=dropout_rngs(net, rng))
     loss_B, metrics = losses.sft_loss(scores.token, scores.mask)
     tokens = jnp.maximum(jnp.sum(scores.mask), 1.0)
     return jnp.sum(loss_B) / tokens, metrics
+
+
+# --- Checks shared by the objectives (raised when a stage is planned). -----
+
+
+def check_beta(owner: str, beta) -> float:
+  """beta, the mixture weight on the reference, as a float in [0, 1]."""
+  if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (
+      0.0 <= float(beta) <= 1.0):
+    raise ValueError(
+        f"{owner}.beta={beta!r} must be a float in [0, 1] (the mixture "
+        "weight on the reference; 0 = sample from the policy alone).")
+  return float(beta)
+
+
+def check_choice(owner: str, name: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"{owner}.{name}={value!r}; choose one of {choices}.")
+
+
+def check_tau(owner: str, tau) -> float:
+  if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (
+      0.0 < float(tau) < float("inf")):
+    raise ValueError(
+        f"{owner}.tau={tau!r} must be a finite float > 0 (the KL "
+        "regularisation strength), e.g. tau=0.05.")
+  return float(tau)
+
+
+def check_pair_loss(owner: str, loss_fn) -> None:
+  """Calls the pair loss once on a one-pair batch, so that a bad bound
+  hyper-parameter (tau <= 0, a wrong keyword) is reported when the stage is
+  planned rather than when its step first traces."""
+  if not callable(loss_fn):
+    raise ValueError(
+        f"{owner}.loss_fn={loss_fn!r} must be a pair loss of ipo_md.losses "
+        "with its tau bound, e.g. @losses.ipo_loss with losses.ipo_loss.tau "
+        "= 1.0.")
+  one = jnp.zeros((1,), jnp.float32)
+  try:
+    loss_fn(one, one, one, one, one + 0.5)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"{owner}.loss_fn: {e}") from None
+
+
+def _check_hyper(cls_name: str, beta, label_mode: str, reduce: str):
+  check_beta(cls_name, beta)
+  check_choice(cls_name, "label_mode", label_mode, LABEL_MODES)
+  check_choice(cls_name, "reduce", reduce, logprobs.REDUCTIONS)
+
+
+# --- Functions shared by the objectives. -----------------------------------
 
 
 def resolve_signal(models: models_lib.Models, preference: Any):
@@ -96,20 +171,6 @@ def resolve_signal(models: models_lib.Models, preference: Any):
         "preference model), 'reward', or a PreferenceSignal such as "
         "@oracle.FactsOracle().")
   return preference
-
-
-def _check_hyper(cls_name: str, beta, label_mode: str, reduce: str):
-  if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (
-      0.0 <= beta <= 1.0):
-    raise ValueError(
-        f"{cls_name}.beta={beta!r} must be a float in [0, 1] (the mixture "
-        "weight on the reference; 0 = sample from the policy alone).")
-  if label_mode not in LABEL_MODES:
-    raise ValueError(
-        f"{cls_name}.label_mode={label_mode!r}; choose one of {LABEL_MODES}.")
-  if reduce not in logprobs.REDUCTIONS:
-    raise ValueError(
-        f"{cls_name}.reduce={reduce!r}; choose one of {logprobs.REDUCTIONS}.")
 
 
 def label_pairs(pref_B: jax.Array, label_mode: str, rng) -> jax.Array:
@@ -131,10 +192,81 @@ def reference_logps(samples, mask_BxT, ref_net, ref_params, inputs_BxS,
       eos_id=eos_id))
 
 
+@flax.struct.dataclass
+class Rollout:
+  """Sampled rows with what every objective reads of them (under SG).
+
+  Attributes:
+    tokens: [R * B, T] completions, rows ordered [all prompts] * R.
+    mask: [R * B, T] 1.0 on response tokens (EOS included).
+    policy_token: [R * B, T] the policy's log-prob of each sampled token (the
+      sampler's own pass), 0 on padding.
+    ref: the reference's log-probs of the rows (`reduce`d `sequence`, masked
+      per-token `token`).
+  """
+
+  tokens: jax.Array
+  mask: jax.Array
+  policy_token: jax.Array
+  ref: types.SequenceLogProbs
+
+  def log_ratio(self) -> jax.Array:
+    """[R * B] log pi(y|x) - log pi_ref(y|x), summed over tokens."""
+    return rollouts.sequence_log_ratio(self.policy_token, self.ref.token,
+                                       self.mask)
+
+
+def rollout(models: models_lib.Models, params, frozen: types.Frozen,
+            inputs_BxS: jax.Array, rng: jax.Array,
+            cfg: sampling.SamplingConfig, *, beta: float,
+            policy_repeats: int, mixture_repeats: int,
+            reduce: str = "sum") -> Rollout:
+  """`policy_repeats` completions per prompt from the policy and then
+  `mixture_repeats` from the geometric mixture pi^(1-beta) pi_ref^beta, in
+  one sampler call, with the reference's log-probs of every row (from the
+  sampler's reference pass when it ran, else teacher-forced)."""
+  repeats = policy_repeats + mixture_repeats
+  if policy_repeats == 0 or float(beta) == 0.0:
+    samples = rollouts.sample_mixture(
+        models.policy, params, models.reference, frozen.reference, inputs_BxS,
+        rng, cfg, beta=float(beta) if policy_repeats == 0 else 0.0,
+        repeats=repeats)
+  else:
+    samples = rollouts.sample_policy_and_mixture(
+        models.policy, params, models.reference, frozen.reference, inputs_BxS,
+        rng, cfg, beta=float(beta), policy_repeats=policy_repeats,
+        mixture_repeats=mixture_repeats)
+  mask = logprobs.target_mask(samples.tokens, eos_id=cfg.eos_id)
+  ref = reference_logps(samples, mask, models.reference, frozen.reference,
+                        inputs_BxS, samples.tokens, reduce=reduce,
+                        eos_id=cfg.eos_id)
+  policy_token = mask * samples.aux_logps[rollouts.POLICY_LOGPS]
+  return jax.lax.stop_gradient(Rollout(tokens=samples.tokens, mask=mask,
+                                       policy_token=policy_token, ref=ref))
+
+
+def sample_metrics(*, log_ratio_B: jax.Array, signal_B: jax.Array,
+                   tokens_BxT: jax.Array, mask_BxT: jax.Array,
+                   eos_id: int) -> dict[str, jax.Array]:
+  """The metrics every policy objective logs about its samples: `kl/sampled`
+  (mean sequence log-ratio), `signal/mean` (mean preference or reward),
+  `samples/length` and `samples/eos_rate`."""
+  return {KL_METRIC: jnp.mean(log_ratio_B),
+          SIGNAL_METRIC: jnp.mean(signal_B),
+          **rollouts.sample_statistics(tokens_BxT, mask_BxT, eos_id)}
+
+
+def label_weighted_margin(h_B: jax.Array, pref_B: jax.Array) -> jax.Array:
+  """(2p - 1) h: the preferred response's log-ratio margin expected under
+  the label p (the `rewards/margin` of `ipo_md.losses`)."""
+  return jnp.mean((2.0 * pref_B - 1.0) * h_B)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OnlinePairwise:
   """Online contrastive methods: online IPO (beta=0), IPO-MD (beta>0), and
-  online DPO / SLiC with their losses (arXiv 2403.08635 §4-5; docs/methods.md).
+  online DPO / SLiC with their losses (arXiv 2403.08635 §4-5 and its
+  Algorithms 2-3; docs/methods.md).
 
   Two completions per prompt are sampled from the token-wise geometric
   mixture of the policy and the reference with weight `beta` on the
@@ -151,11 +283,13 @@ class OnlinePairwise:
     preference: 'preference' (the run's learned preference model, read
       frozen; the default), 'reward' (the reward model's Bradley-Terry
       preference) or a PreferenceSignal object such as the oracle.
-    beta: mixture weight on the reference, in [0, 1].
+    beta: mixture weight on the reference, in [0, 1] (0: online IPO; the
+      paper's IPO-MD uses 0.125).
     label_mode: "soft" (p weights both orderings; the paper's choice),
       "bernoulli" (a 0/1 label drawn from p) or "argmax" (changes the fixed
       point).
-    symmetrize_preference: use 0.5 (p(y,y') + 1 - p(y',y)).
+    symmetrize_preference: use 0.5 (p(y,y') + 1 - p(y',y)) (the default;
+      the papers do not say whether they did).
     reduce: "sum" (the papers' log pi(y|x)) or "mean" per token (TRL's IPO).
   """
 
@@ -172,6 +306,7 @@ class OnlinePairwise:
 
   def __post_init__(self):
     _check_hyper(type(self).__name__, self.beta, self.label_mode, self.reduce)
+    check_pair_loss(type(self).__name__, self.loss_fn)
     resolve_signal(self.models, self.preference)
 
   @property
@@ -186,25 +321,21 @@ class OnlinePairwise:
   def prepare(self, params, frozen, batch, rng):
     inputs = batch["inputs"]
     b = inputs.shape[0]
-    eos = self.sampling.eos_id
     sample_rng, label_rng = jax.random.split(rng)
-    samples = rollouts.sample_mixture(
-        self.models.policy, params, self.models.reference, frozen.reference,
-        inputs, sample_rng, self.sampling, beta=float(self.beta), repeats=2)
-    y, yp = rollouts.split_pairs(samples, b)
-    mask = logprobs.target_mask(samples.tokens, eos_id=eos)
-    ref = reference_logps(samples, mask, self.models.reference,
-                          frozen.reference, inputs, samples.tokens,
-                          reduce=self.reduce, eos_id=eos)
+    rows = rollout(self.models, params, frozen, inputs, sample_rng,
+                   self.sampling, beta=self.beta, policy_repeats=0,
+                   mixture_repeats=2, reduce=self.reduce)
+    y, yp = rows.tokens[:b], rows.tokens[b:]
     signal = self.signal
     pref = rollouts.judge(signal, preference_base.params_for(signal, frozen),
                           inputs, y, yp, symmetrize=self.symmetrize_preference)
-    prepared = dict(inputs=inputs, y=y, yp=yp,
+    prepared = dict(inputs=inputs, y=y, yp=yp, pref=pref,
                     label=label_pairs(pref, self.label_mode, label_rng),
-                    ref_y=ref.sequence[:b], ref_yp=ref.sequence[b:])
-    metrics = {"preference/mean": jnp.mean(pref),
-               "preference/abs_margin": jnp.mean(jnp.abs(pref - 0.5)),
-               **rollouts.sample_statistics(samples.tokens, mask, eos)}
+                    ref_y=rows.ref.sequence[:b], ref_yp=rows.ref.sequence[b:])
+    metrics = sample_metrics(log_ratio_B=rows.log_ratio(), signal_B=pref,
+                             tokens_BxT=rows.tokens, mask_BxT=rows.mask,
+                             eos_id=self.sampling.eos_id)
+    metrics["preference/abs_margin"] = jnp.mean(jnp.abs(pref - 0.5))
     return jax.lax.stop_gradient(prepared), metrics
 
   def loss(self, params, frozen, prepared, rng):
@@ -215,13 +346,12 @@ class OnlinePairwise:
     policy = scoring.score_targets(net, params, prepared["inputs"], both,
                                    reduce=self.reduce,
                                    eos_id=self.sampling.eos_id,
-                                   rngs=_dropout_rngs(net, rng))
+                                   rngs=dropout_rngs(net, rng))
     loss_B, metrics = self.loss_fn(policy.sequence[:b], policy.sequence[b:],
                                    prepared["ref_y"], prepared["ref_yp"],
                                    prepared["label"])
-    kl_B = 0.5 * ((policy.sequence[:b] - prepared["ref_y"])
-                  + (policy.sequence[b:] - prepared["ref_yp"]))
-    metrics["kl/sample_log_ratio"] = jnp.mean(jax.lax.stop_gradient(kl_B))
+    # signal/mean stays the signal's p (from prepare), not a hard label's.
+    metrics[SIGNAL_METRIC] = jnp.mean(prepared["pref"])
     return jnp.mean(loss_B), metrics
 
 
@@ -231,6 +361,9 @@ def _pair_inputs(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array,
   if label is None:  # (chosen, rejected) with no soft label: chosen wins.
     label = jnp.ones((batch["inputs"].shape[0],), jnp.float32)
   return batch["inputs"], batch["chosen"], batch["rejected"], label
+
+
+pair_inputs = _pair_inputs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

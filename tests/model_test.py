@@ -35,6 +35,7 @@ from ipo_md.decoding import sampling
 from ipo_md.model import config as config_lib
 from ipo_md.model import layers
 from ipo_md.model import network
+from ipo_md.model import output_logprobs
 from ipo_md.model import scoring
 
 V, S, T = 64, 7, 5  # vocabulary, input length, target length (S != T).
@@ -313,6 +314,57 @@ def _loss_grad(cfg: config_lib.T5Config):
   loss = lambda p: -jnp.mean(
       scoring.score_targets(model, p, inputs, targets).sequence)
   return jax.jit(jax.grad(loss)), loss
+
+
+class OutputLogprobsTest(parameterized.TestCase):
+
+  @parameterized.parameters("float32", "bfloat16")
+  def test_chunked_equals_log_softmax_values_and_gradients(self, dtype):
+    # 3 x 13 = 39 rows in chunks of 8 (the last one padded), vocabulary 50.
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.normal(size=(3, 13, 16)), dtype)
+    w = jnp.asarray(rng.normal(size=(16, 50)) / 4, dtype)
+    targets = jnp.asarray(rng.integers(0, 50, (3, 13)), jnp.int32)
+    g = jnp.asarray(rng.normal(size=(3, 13)), jnp.float32)
+
+    def plain(h, w):
+      logits = jnp.dot(h, w, preferred_element_type=jnp.float32)
+      return logprobs.token_logprobs(logits, targets)
+
+    chunked = lambda h, w: output_logprobs.token_logprobs(
+        h, w, targets, chunk_bytes=8 * 50 * 4)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(
+        rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(chunked(h, w), plain(h, w), **tol)
+    weighted = lambda f: lambda h, w: jnp.sum(f(h, w) * g)
+    grads = jax.grad(weighted(chunked), argnums=(0, 1))(h, w)
+    expected = jax.grad(weighted(plain), argnums=(0, 1))(h, w)
+    for got, want in zip(grads, expected):
+      self.assertEqual(got.dtype, want.dtype)
+      np.testing.assert_allclose(np.asarray(got, np.float32),
+                                 np.asarray(want, np.float32), **tol)
+
+  @parameterized.parameters(TINY, T5_1_0)
+  def test_score_targets_equals_logits_path(self, cfg):
+    # score_targets (hidden states + output_kernel) against log_softmax of
+    # the network's own logits, values and parameter gradients.
+    params = _params(cfg)
+    inputs, targets = _batch()
+    model = network.Transformer(cfg)
+
+    def via_logits(p):
+      logits = model.apply({"params": p}, inputs,
+                           logprobs.shift_right(targets))
+      mask = logprobs.target_mask(targets)
+      return jnp.sum(logprobs.token_logprobs(logits, targets) * mask)
+
+    fused = lambda p: jnp.sum(
+        scoring.score_targets(model, p, inputs, targets).sequence)
+    value, grad = jax.jit(jax.value_and_grad(fused))(params)
+    expected, expected_grad = jax.jit(jax.value_and_grad(via_logits))(params)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(_flat(grad), _flat(expected_grad), rtol=1e-4,
+                               atol=1e-5)
 
 
 class MixedPrecisionAndRematTest(parameterized.TestCase):

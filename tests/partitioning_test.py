@@ -126,9 +126,10 @@ class ShardingTest(absltest.TestCase):
     # Queries [batch, length, heads, kv]: heads on "model".
     self.assertIn((f"tensor<{2 * B}x{T}x4x8xf32>",
                    '[{"data"}, {}, {"model"}, {}]'), found)
-    # Logits [batch, length, vocab].
-    self.assertIn((f"tensor<{2 * B}x{T}x64xf32>",
-                   '[{"data"}, {}, {"model"}]'), found)
+    # The decoder's output [batch, length, embed] (the input of the fused
+    # output layer): batch on "data", embed replicated.
+    self.assertIn((f"tensor<{2 * B}x{T}x32xf32>", '[{"data"}, {}, {}]'),
+                  found)
     # Without sharded_jit the same step keeps no constraint at all.
     params, opt_state = _initial()
     plain = jax.jit(_step).lower(params, opt_state, _batch()).as_text()

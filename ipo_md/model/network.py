@@ -151,7 +151,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoded_BxSxE, encoder_mask_BxS, tokens_BxL, *,
-               decode=False, deterministic=True):
+               decode=False, deterministic=True, hidden_only=False):
     cfg = self.config
     self_bias = self._self_bias(tokens_BxL.shape[1], decode)
     cross_bias = _mask_bias(encoder_mask_BxS[:, None, :])
@@ -165,7 +165,11 @@ class Decoder(nn.Module):
                        **_common(cfg))(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
-      logits = self.shared_embedding.attend(x * cfg.emb_dim ** -0.5)
+      x = x * cfg.emb_dim ** -0.5
+    if hidden_only:  # The output layer's input (see output_kernel).
+      return layers.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+    if cfg.logits_via_embedding:
+      logits = self.shared_embedding.attend(x)
     else:
       logits = layers.Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB),
                             name="logits_dense", out_dtype=jnp.float32,
@@ -190,8 +194,11 @@ class Transformer(nn.Module):
     return self.encoder(inputs_BxS, deterministic=deterministic)
 
   def decode(self, encoded_BxSxE, inputs_BxS, decoder_input_tokens_BxL, *,
-             decode=False, deterministic=True):
+             decode=False, deterministic=True, hidden_only=False):
     """Decoder logits [B, L, V] (float32).
+
+    With `hidden_only=True`, the output layer's input [B, L, E] instead
+    (logits = hidden @ output_kernel(config, params)).
 
     `encoded_BxSxE` and `inputs_BxS` may have b rows with B a multiple of b:
     decoder row r * b + i then reads prompt i (R = B / b completions per
@@ -202,10 +209,21 @@ class Transformer(nn.Module):
     """
     return self.decoder(encoded_BxSxE, inputs_BxS > 0,
                         decoder_input_tokens_BxL, decode=decode,
-                        deterministic=deterministic)
+                        deterministic=deterministic, hidden_only=hidden_only)
 
   def __call__(self, inputs_BxS, decoder_input_tokens_BxL, *,
                deterministic=True):
     encoded = self.encode(inputs_BxS, deterministic=deterministic)
     return self.decode(encoded, inputs_BxS, decoder_input_tokens_BxL,
                        deterministic=deterministic)
+
+
+def output_kernel(cfg: config_lib.T5Config, params) -> jax.Array:
+  """The output layer [E, V] in the compute dtype: logits_dense, or the
+  transposed embedding when tied (the decoder has already scaled its input).
+  """
+  if cfg.logits_via_embedding:
+    kernel = params["token_embedder"]["embedding"].T
+  else:
+    kernel = params["decoder"]["logits_dense"]["kernel"]
+  return kernel.astype(cfg.jnp_dtype)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from ipo_md import logprobs
 from ipo_md import types
 from ipo_md.model import network
+from ipo_md.model import output_logprobs
 
 
 def encode(model: network.Transformer, params, inputs_BxS):
@@ -45,12 +46,14 @@ def score_targets(model: network.Transformer, params, inputs_BxS, targets_BxT,
     )
   # No tiling: the decoder's cross-attention reads prompt i for rows
   # i, b + i, 2b + i, ... (network.Transformer.decode).
-  logits = model.apply({"params": params}, encoded, inputs_BxS,
+  hidden = model.apply({"params": params}, encoded, inputs_BxS,
                        logprobs.shift_right(targets_BxT),
                        deterministic=deterministic, method=model.decode,
-                       rngs=rngs)
+                       rngs=rngs, hidden_only=True)
   mask = logprobs.target_mask(targets_BxT, eos_id=eos_id)
-  token = logprobs.token_logprobs(logits, targets_BxT)
+  # Equal to logprobs.token_logprobs of the logits, without holding them.
+  token = output_logprobs.token_logprobs(
+      hidden, network.output_kernel(model.config, params), targets_BxT)
   return logprobs.sequence_logprobs(token, mask, reduce=reduce)
 
 

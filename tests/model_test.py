@@ -21,6 +21,7 @@ reimplementation, a hand formula) or checks an exact invariant.
 
 import functools
 import math
+import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -166,6 +167,72 @@ class CachedDecodingTest(absltest.TestCase):
                                  rtol=1e-5, atol=1e-5, err_msg=name)
     self.assertFalse(np.allclose(out.aux_logps["policy"],
                                  out.aux_logps["ref"], atol=1e-3))
+
+
+def _while_body(hlo_text: str) -> list[str]:
+  """Instructions of the compiled program's largest while-loop body."""
+  loops = [l for l in hlo_text.splitlines() if re.search(r"\) while\(", l)]
+  body = re.search(r"body=(%[\w.\-]+)", max(loops, key=len)).group(1)
+  lines, inside = [], False
+  for line in hlo_text.splitlines():
+    if line.startswith(body + " ") and line.rstrip().endswith("{"):
+      inside = True
+    elif inside and line.strip() == "}":
+      break
+    elif inside:
+      lines.append(line.strip())
+  return lines
+
+
+class DecodeLoopProgramTest(absltest.TestCase):
+
+  def test_no_cache_copies_per_step(self):
+    # The compiled sampler's loop body touches the KV-cache buffers only
+    # through in-place dynamic-update-slices (self-attention) or not at all
+    # (cross-attention): no copy or transpose of a cache buffer, so the
+    # per-step work does not depend on the decoded length.
+    params = _params(TINY)
+    inputs, _ = _batch()
+    cfg = sampling.SamplingConfig(max_decode_length=T)
+
+    def run(p, rng):
+      cache = scoring.init_decode_cache(_MODEL, p, inputs, T, repeats=2)
+      return sampling.sample(scoring.tokens_to_logits_fn(_MODEL, p), cache,
+                             rng, batch_size=6, cfg=cfg).tokens
+
+    cache = jax.eval_shape(
+        lambda p: scoring.init_decode_cache(_MODEL, p, inputs, T, repeats=2),
+        params)
+    buffers = [x.shape for x in jax.tree_util.tree_leaves(cache)
+               if x.ndim == 4 and x.shape[0] > 1]  # Not the bias table.
+    shapes = {f"f32[{','.join(map(str, shape))}]" for shape in buffers}
+    # Self keys and values [6, ...], cross keys and values [3, ...].
+    self.assertLen(buffers, 4 * TINY.num_decoder_layers)
+    sizes = {math.prod(shape) for shape in buffers}
+    body = _while_body(jax.jit(run).lower(
+        params, jax.random.key(0)).compile().as_text())
+    writes = []
+    for line in body:
+      m = re.match(r"(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* "
+                   r"([\w\-]+)\(", line)
+      if not m:
+        continue
+      name, op = m.group(1), m.group(4)
+      shape = f"{m.group(2)}[{m.group(3)}]"
+      size = math.prod(int(d) for d in m.group(3).split(",") if d)
+      if op == "copy" or "transpose" in op or "copy" in name:
+        # A copy of the size of a cache buffer, in any layout, is a copy
+        # of the cache.
+        self.assertNotIn(size, sizes, line)
+      if shape not in shapes:
+        continue
+      self.assertIn(op, ("get-tuple-element", "bitcast", "fusion",
+                         "dynamic-update-slice"), line)
+      if op == "fusion":
+        self.assertIn("dynamic-update-slice", name, line)
+        writes.append(name)
+    # One key and one value write per decoder layer.
+    self.assertLen(writes, 2 * TINY.num_decoder_layers)
 
 
 class CausalityAndPaddingTest(absltest.TestCase):

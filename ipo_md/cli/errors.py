@@ -11,6 +11,7 @@ path.
 
 import datetime
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -80,11 +81,25 @@ def report(command: str, error: BaseException) -> int:
 def _without_gin_context(message: str) -> str:
   """gin appends "In call to configurable ..." / "In file ..." lines to the
   messages of errors raised inside configurables; the message alone names
-  the thing already."""
-  kept = [line for line in message.splitlines()
+  the thing already. What those lines add is the gin scope of the value
+  (sft/LoopConfig rather than LoopConfig): that is kept, as one tail."""
+  lines = message.splitlines()
+  kept = [line for line in lines
           if not line.strip().startswith(("In call to configurable",
                                           "In file ", "In bindings string"))]
-  return "\n".join(kept).strip()
+  text = "\n".join(kept).strip()
+  for line in lines:
+    scoped = _SCOPED_CALL.match(line.strip())
+    if scoped:
+      name, scope = scoped.groups()
+      return f"{text} (gin: {scope}/{name})"
+  return text
+
+
+# gin's context line of a call in a scope, e.g. "In call to configurable
+# 'LoopConfig' (<class '...'>) in scope 'sft'".
+_SCOPED_CALL = re.compile(
+    r"^In call to configurable '([^']+)' \(.*\) in scope '([^']+)'$")
 
 
 def run(command: str, fn, *args) -> int:

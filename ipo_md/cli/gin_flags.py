@@ -19,12 +19,15 @@ ipo_md_tasks` preamble (`TASK_BINDINGS_PREAMBLE`).
 
 import argparse
 import ast
+import difflib
 import importlib.util
 import logging
 import os
 import pathlib
+import tokenize
 
 import gin
+from gin import config as gin_config
 
 # The top-level package of the seqio task registrations (the tasks/ folder).
 TASKS_PACKAGE = "ipo_md_tasks"
@@ -142,11 +145,18 @@ def parse(args: argparse.Namespace, dot_bindings: list[str]) -> None:
   bindings = list(args.gin_bindings) + dot_bindings
   try:
     parse_files_and_bindings(files, bindings)
-  except (ValueError, KeyError, SyntaxError, ImportError, IOError) as e:
+  except (ValueError, KeyError, SyntaxError, ImportError, IOError,
+          NameError) as e:  # NameError: a module used but not imported.
     raise SystemExit(
         f"Invalid gin configuration: {e}\nCheck the names in your gin files "
         "and --gin.* bindings (a configurable's path is module.function.arg; "
         "run with the file's `import` lines intact).") from e
+  except tokenize.TokenError as e:  # An unclosed bracket or quote.
+    raise SystemExit(
+        f"Invalid gin configuration: a binding or gin file ends inside an "
+        f"unclosed bracket or string ({e.args[0]}). Close it, e.g. "
+        "--gin.losses.ipo_loss.tau=1.0 or --gin.X=\"(1, 2)\".") from None
+  check_unused_macros(bindings)
 
 
 def is_task_binding(binding: str) -> bool:
@@ -173,3 +183,65 @@ def parse_files_and_bindings(files: list[str], bindings: list[str]) -> None:
   gin.parse_config_files_and_bindings(files, rest, finalize_config=False)
   if tasks:
     gin.parse_config(list(TASK_BINDINGS_PREAMBLE) + tasks)
+
+
+# --- What the parsed configuration refers to. --------------------------------
+
+
+def _references(value):
+  """The config keys ((scope, selector)) of the references in a bound
+  value (`@f()`, `%MACRO`, `%gin.REQUIRED`), containers included."""
+  if isinstance(value, gin_config.ConfigurableReference):
+    yield value.config_key
+  elif isinstance(value, dict):
+    for k, v in value.items():
+      yield from _references(k)
+      yield from _references(v)
+  elif isinstance(value, (list, tuple, set)):
+    for v in value:
+      yield from _references(v)
+
+
+def _macros() -> tuple[dict, set]:
+  """({macro: bound value}, names of the macros some binding refers to)."""
+  # pylint: disable=protected-access
+  config = gin_config._CONFIG
+  # pylint: enable=protected-access
+  defined = {scope: params.get("value")
+             for (scope, selector), params in config.items()
+             if selector == "gin.macro"}
+  used = {scope for params in config.values() for v in params.values()
+          for scope, selector in _references(v) if selector == "gin.macro"}
+  return defined, used
+
+
+def _is_required(value) -> bool:
+  return (isinstance(value, gin_config.ConfigurableReference)
+          and value.config_key == ("gin.REQUIRED", "gin.constant"))
+
+
+def unset_required_macros() -> list[str]:
+  """The macros still bound to %gin.REQUIRED that a binding uses (e.g.
+  MODEL_DIR, INITIAL_CHECKPOINT): all of them, so that one message can
+  name every value the user must pass."""
+  defined, used = _macros()
+  return sorted(name for name, value in defined.items()
+                if name in used and _is_required(value))
+
+
+def check_unused_macros(bindings: list[str]) -> None:
+  """Refuses a command-line macro (`--gin.NAME=value`) that no binding
+  uses: gin takes `--gin.VOCAB_SIZ=64` as a new macro and the run would go
+  on with the gin file's VOCAB_SIZE."""
+  _, used = _macros()
+  for line in (l for b in bindings for l in b.splitlines() if l.strip()):
+    key = line.split("=", 1)[0].strip()
+    if "." in key or "/" in key or not key.isidentifier() or key in used:
+      continue
+    close = difflib.get_close_matches(key, sorted(used), n=1)
+    hint = (f"Did you mean {close[0]}? " if close else "") + (
+        f"The macros the gin files use: {sorted(used)}.")
+    raise SystemExit(
+        f"--gin.{key}={line.split('=', 1)[1].strip()} sets the macro {key}, "
+        f"which no gin file or binding uses, so it would change nothing. "
+        f"{hint}")

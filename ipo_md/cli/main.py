@@ -33,6 +33,9 @@ def _usage() -> str:
 
 # Subcommands that load TensorFlow (seqio, TFDS).
 _NEEDS_TF = ("train", "data", "eval", "tournament")
+# Subcommands that honour SIGTERM/SIGINT as a clean stop (ipo_md.trainer.
+# stopping) rather than dying: the handlers go in before anything loads.
+_STOPPABLE = ("train",)
 
 
 @contextlib.contextmanager
@@ -70,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
   if name not in SUBCOMMANDS:
     print(f"ipo-md: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
     return 2
+  if name in _STOPPABLE:
+    from ipo_md.trainer import stopping  # pylint: disable=g-import-not-at-top
+
+    # Before TensorFlow's import (seconds): a SIGTERM or Ctrl-C from the
+    # first moment stops the run cleanly (the command checks the flag).
+    with stopping.StopSignals():
+      return _dispatch(name, rest)
+  return _dispatch(name, rest)
+
+
+def _dispatch(name: str, rest: list[str]) -> int:
   if name in _NEEDS_TF:
     _import_tensorflow_quietly()
   from ipo_md.cli import errors  # pylint: disable=g-import-not-at-top

@@ -50,12 +50,17 @@ def train(*, model_dir: str, stages: list, model_config=None,
   _require("MODEL_DIR", model_dir, '"/tmp/ipo_md_run"')
   for role, spec in specs.items():
     _require("INITIAL_CHECKPOINT" if role == "policy" else
-             f"the {role} model's initial_checkpoint", spec.initial_checkpoint,
+             f"models[{role!r}].initial_checkpoint", spec.initial_checkpoint,
              '"/path/to/checkpoint"')
-  planned = pipeline.plan(models=specs, stages=stages, mesh=mesh)
+  # Cheapest checks first; the step traces and the data reads take seconds.
+  planned = pipeline.plan(models=specs, stages=stages, mesh=mesh, trace=False)
   pipeline.check_initial_checkpoints(planned, specs)
   directory = _check_model_dir(model_dir)
   errors.set_log_dir(directory / "logs")
+  pipeline.trace_steps(planned, specs, mesh)
+  pipeline.check_data_sources(planned)
+  if _stopped_at_start_up():
+    return {}
   # One run per MODEL_DIR: a second run is refused here, before it writes.
   with lock_lib.RunLock(directory):
     pipeline.check_progress(str(directory), planned)
@@ -112,9 +117,37 @@ def _require(name: str, value: Any, example: str) -> None:
   import gin  # pylint: disable=g-import-not-at-top
 
   if value is gin.REQUIRED:
+    flag = (f"--gin.{name}={example}" if name.isidentifier() else
+            f"a --gin.* binding of its ModelSpec's initial_checkpoint, e.g. "
+            f"--gin.pm/models.ModelSpec.initial_checkpoint={example}")
     raise SystemExit(
         f"{name} is not set: the gin files mark it %gin.REQUIRED. Pass it on "
-        f"the command line, e.g. --gin.{name}={example}")
+        f"the command line, e.g. {flag}")
+
+
+def _stopped_at_start_up() -> bool:
+  """True (and says so) when SIGTERM or SIGINT came during start-up: the
+  run stops before it takes MODEL_DIR or writes anything."""
+  from ipo_md.trainer import stopping  # pylint: disable=g-import-not-at-top
+
+  stop = stopping.current()
+  if stop is None or not stop.requested:
+    return False
+  print(f"ipo-md train: {stop.signal} received during start-up; stopped "
+        "before any stage started (nothing was written). Rerun the same "
+        "command to start.", flush=True)
+  return True
+
+
+def required_values_message(names: list[str]) -> str:
+  """The one message for every %gin.REQUIRED macro left unset."""
+  examples = {"MODEL_DIR": '"/tmp/ipo_md_run"'}
+  flags = " ".join(f"--gin.{n}={examples.get(n, '...')}" for n in names)
+  verb = "is" if len(names) == 1 else "are"
+  return (f"{', '.join(names)} {verb} not set: the gin files mark "
+          f"{'it' if len(names) == 1 else 'them'} %gin.REQUIRED. Pass "
+          f"{'it' if len(names) == 1 else 'each'} on the command line, e.g. "
+          f"{flags}")
 
 
 def _distributed_args() -> dict:
@@ -132,6 +165,10 @@ def _check_model_dir(model_dir: str):
   from ipo_md.checkpoints import paths  # pylint: disable=g-import-not-at-top
 
   directory = paths.as_path(os.path.expanduser(str(model_dir)))
+  if directory.exists() and not directory.is_dir():
+    raise SystemExit(
+        f"MODEL_DIR={model_dir!r} is a file, not a folder. Choose a folder "
+        "(it is created if absent), e.g. --gin.MODEL_DIR=\"/tmp/ipo_md_run\".")
   try:
     directory.mkdir(parents=True, exist_ok=True)
     # Unique per process: every host of a pod probes the same shared folder.
@@ -188,6 +225,9 @@ def _summary(directory, stages, results, seconds):
 def main(argv: list[str]) -> int:
   from ipo_md.trainer import stopping  # pylint: disable=g-import-not-at-top
 
+  from ipo_md.cli import errors  # pylint: disable=g-import-not-at-top
+
+  errors.set_log_dir(None)  # Until this run's MODEL_DIR is checked.
   # From the first moment: a SIGTERM or Ctrl-C during start-up or between
   # stages stops the run cleanly too (status 0, a message, resumable).
   with stopping.StopSignals():
@@ -217,10 +257,14 @@ def _main(argv: list[str]) -> int:
 
     jax.distributed.initialize(**_distributed_args())
   gin_flags.parse(args, dot_bindings)
+  if not args.dry_run and (missing := gin_flags.unset_required_macros()):
+    raise SystemExit(required_values_message(missing))
   # Task locations bound in gin (e.g. register_tldr_tasks.sft_dir) take effect.
   from ipo_md.cli import data as data_cli  # pylint: disable=g-import-not-at-top
 
   data_cli.register_tasks_from_gin()
+  if _stopped_at_start_up():
+    return 0
   configured = gin.get_configurable(train)
   try:
     configured(**({"dry_run": True} if args.dry_run else {}))

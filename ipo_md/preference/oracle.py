@@ -13,6 +13,8 @@ token ids with fixed shapes, so the oracle runs inside the jitted train step.
 """
 
 import dataclasses
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +51,27 @@ class FactsOracle:
         raise ValueError(
             f"FactsOracle.{name}={getattr(self, name)} must be >= 0."
         )
+
+  def check_vocabulary(self, vocabulary) -> None:
+    """Raises unless `vocabulary` is the synthetic task's own.
+
+    The oracle reads the token ids of the synthetic words; on any other
+    vocabulary no id is a name, colour or object, every summary covers
+    nothing and the shorter one wins. Compared by file (not by encoding):
+    another task's vocabulary may be on gs://, which a machine without
+    network cannot read.
+    """
+    path = str(getattr(vocabulary, "sentencepiece_model_file", "") or "")
+    same = (path and "://" not in path and os.path.isfile(path)
+            and pathlib.Path(path).read_bytes()
+            == synthetic.VOCAB_PATH.read_bytes())
+    if not same:
+      raise ValueError(
+          f"FactsOracle is the gold oracle of the synthetic facts task and "
+          f"reads only its vocabulary ({synthetic.VOCAB_PATH.name}), but this "
+          f"data uses {path or vocabulary!r}: it would score every summary "
+          "as 'shorter wins'. Judge this task with a learned model "
+          "('preference' or 'reward') or a signal made for its vocabulary.")
 
   def __call__(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
     del params  # The oracle has none.

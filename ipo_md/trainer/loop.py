@@ -198,8 +198,9 @@ class Trainer:
     return state, 0
 
   def _check_meta(self, meta: dict) -> None:
-    check_same_model(meta, self.network.config,
-                     f"{self.checkpointer.directory}/{meta.get('step')}")
+    where = f"{self.checkpointer.directory}/{meta.get('step')}"
+    check_same_model(meta, self.network.config, where)
+    check_same_data(meta, self.data, where)
 
   def _save(self, state, data_position: int) -> None:
     step = int(state.step)
@@ -209,7 +210,8 @@ class Trainer:
       data_position = step
     self.checkpointer.save(step, state, {
         **self.meta, "step": step, "data_position": data_position,
-        "model_config": dataclasses.asdict(self.network.config)})
+        "model_config": dataclasses.asdict(self.network.config),
+        "data": data_stream(self.data)})
 
   def evaluate(self, state) -> dict:
     if self.evaluation is None:
@@ -330,6 +332,35 @@ def check_same_model(meta: dict, config, where: str) -> None:
         f"The checkpoint {where} was written by another model (saved vs "
         f"configured: {diff}). Use a fresh MODEL_DIR, or configure the model "
         "it was trained with.")
+
+
+def data_stream(data: pipeline.DataConfig) -> dict:
+  """What fixes the global order of a stage's batches (saved with each
+  checkpoint). The data position counts global batches of this stream, so
+  a resume continues the same order on any mesh or number of hosts, but
+  not if one of these changed."""
+  return {"task": data.task, "split": data.split, "seed": data.seed,
+          "shuffle": data.shuffle, "batch_size": data.batch_size,
+          "max_examples": data.max_examples}
+
+
+def check_same_data(meta: dict, data: pipeline.DataConfig, where: str) -> None:
+  """Raises unless a checkpoint's data stream is the one `data` yields
+  (checkpoints written before it was recorded are not checked)."""
+  saved = meta.get("data")
+  if not isinstance(saved, dict):
+    return
+  current = data_stream(data)
+  diff = {k: (saved.get(k), v) for k, v in current.items()
+          if k in saved and saved[k] != v}
+  if diff:
+    raise ValueError(
+        f"The checkpoint {where} was written reading another data stream "
+        f"(saved vs configured: {diff}). Its data position counts global "
+        "batches of that stream, so resuming would not continue its data "
+        "order. Set DataConfig back to the saved values to resume (the mesh "
+        "and the number of hosts may change), or train the new data in a "
+        "new stage or a fresh MODEL_DIR.")
 
 
 def _halted(metrics) -> bool:

@@ -32,6 +32,7 @@ import numpy as np
 
 from ipo_md import checkpoints
 from ipo_md import optim
+from ipo_md import partitioning
 from ipo_md import types
 from ipo_md.data import feature_converters
 from ipo_md.data import pipeline as data_pipeline
@@ -231,6 +232,116 @@ def _check_data(stage: Stage, objective) -> None:
                                    task.output_features, data.task)
 
 
+def _readers(stage: Stage, frozen: dict, specs) -> dict[str, int]:
+  """role -> vocab_size of every model that reads the stage's tokens: the
+  trained one and the frozen ones."""
+  roles = [stage.trains] + [r for r in frozen if r != stage.trains]
+  return {r: models_lib.config_of(r, specs).vocab_size for r in roles}
+
+
+def _data_vocabulary(stage: Stage, what: str, cfg, readers: dict,
+                     noted: set | None):
+  """Checks a DataConfig against its task (split, vocabulary size) without
+  reading an example; returns the task's vocabulary, or None when it cannot
+  be read in a dry run (`noted`: the tasks already said so, None outside a
+  dry run)."""
+  role, size = min(readers.items(), key=lambda kv: kv[1])
+  try:
+    data_pipeline.task_vocabulary(cfg.task)
+  except ValueError as e:
+    if noted is None:
+      _fail(stage, f"{what}: {e}")
+    task = data_pipeline.get_task(cfg.task)
+    if cfg.split not in task.splits:
+      _fail(stage, f"{what}: task {cfg.task!r} has no split {cfg.split!r}; "
+            f"it has {tuple(task.splits)}. Set DataConfig.split to one of "
+            "them.")
+    if cfg.task not in noted:
+      noted.add(cfg.task)
+      print(f"[{stage.name}] note: the vocabulary of task {cfg.task!r} "
+            "cannot be read here, so its size and the signals' vocabulary "
+            f"were not checked in this dry run ({e})", flush=True)
+    return None
+  try:
+    data_pipeline.validate_config(cfg)
+  except ValueError as e:
+    _fail(stage, f"{what}: {e}")
+  try:  # Only the size can fail now.
+    return data_pipeline.validate_config(cfg, vocab_size=size)
+  except ValueError as e:
+    _fail(stage, f"{what}, read by the {role} model: {e}")
+
+
+def signals_of(obj) -> dict[str, Any]:
+  """The preference or reward signals an objective or evaluation uses, by
+  name: `signals()` where defined (an evaluation's judges), else its
+  `signal` and `gold` attributes. Names of learned models resolve to them."""
+  found = {}
+  signals = getattr(obj, "signals", None)
+  if callable(signals):
+    found.update(signals())
+  for attr in ("signal", "gold"):
+    try:
+      value = getattr(obj, attr, None)
+    except ValueError:  # A learned model the run lacks: reported elsewhere.
+      value = None
+    if value is not None and not isinstance(value, str):
+      found.setdefault(attr, value)
+  return found
+
+
+def _vocabulary_hook(signal):
+  """The object whose `check_vocabulary` speaks for `signal`: the signal,
+  or what it wraps (a ScoreReward's scorer)."""
+  for candidate in (signal, getattr(signal, "scorer", None)):
+    if callable(getattr(candidate, "check_vocabulary", None)):
+      return candidate
+  return None
+
+
+def _check_signals(stage: Stage, what: str, obj, vocabulary, task: str):
+  for name, signal in signals_of(obj).items():
+    hook = _vocabulary_hook(signal)
+    if hook is None:
+      continue
+    try:
+      hook.check_vocabulary(vocabulary)
+    except ValueError as e:
+      which = "signal" if name == "signal" else f"signal {name!r}"
+      _fail(stage, f"its {what} {which} ({type(signal).__name__}) does not "
+            f"fit task {task!r}: {e}")
+
+
+def _check_vocabularies(stage: Stage, objective, evaluation, frozen: dict,
+                        specs, noted: set | None) -> None:
+  """Every task a stage reads (training and evaluation data) fits every
+  model that reads it, and every signal that judges it."""
+  readers = _readers(stage, frozen, specs)
+  vocabulary = _data_vocabulary(stage, "its data", stage.data, readers,
+                                noted)
+  if vocabulary is not None:
+    _check_signals(stage, "objective's", objective, vocabulary,
+                   stage.data.task)
+  data = getattr(evaluation, "data", None)
+  if evaluation is None or data is None:
+    return
+  vocabulary = _data_vocabulary(stage, "its evaluation data", data, readers,
+                                noted)
+  if vocabulary is not None:
+    _check_signals(stage, "evaluation's", evaluation, vocabulary, data.task)
+
+
+def _check_evaluation_batch(stage: Stage, evaluation, mesh) -> None:
+  data = getattr(evaluation, "data", None)
+  if data is None:
+    return
+  try:
+    partitioning.check_batch_size(data.batch_size, mesh,
+                                  "its evaluation DataConfig.batch_size")
+  except ValueError as e:
+    _fail(stage, str(e))
+
+
 def _check_reads(stage: Stage, objective, evaluation, frozen: dict) -> None:
   needed = set(getattr(objective, "reads", ()))
   if evaluation is not None:
@@ -283,8 +394,13 @@ def _trace(stage: Stage, planned: "PlannedStage", specs, mesh) -> None:
 
 
 def plan(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],
-         mesh: jax.sharding.Mesh, trace: bool = True) -> list[PlannedStage]:
+         mesh: jax.sharding.Mesh, trace: bool = True,
+         dry_run: bool = False) -> list[PlannedStage]:
   """Checks the whole run and resolves every stage (see the module doc).
+
+  With `dry_run`, a task vocabulary that cannot be read here (the default T5
+  vocabulary on gs:// without network) is skipped with a printed note;
+  otherwise it is an error, as it would be when the stage starts.
 
   Raises:
     StageError (a ValueError) naming the stage and the fix.
@@ -293,6 +409,12 @@ def plan(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],
     raise StageError("The run has no stages; set train.stages = [...].")
   models_lib.check_specs(models)
   built = models_lib.build(models)
+  for role, spec in models.items():  # Cheap (abstract): meshes that cannot
+    try:                             # split a parameter fail here.
+      models_lib.param_shardings(spec.config, mesh)
+    except ValueError as e:
+      raise StageError(f"models[{role!r}] on mesh {dict(mesh.shape)}: "
+                       f"{e}") from None
   nets = {}
   if built.policy is not None:
     nets[models_lib.POLICY] = built.policy
@@ -301,6 +423,7 @@ def plan(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],
   if built.reward is not None:
     nets[models_lib.REWARD] = built.reward.network
   trained_by, planned = {}, []
+  noted = set() if dry_run else None
   for stage in stages:
     _check_name(stage, trained_by)
     if stage.trains not in models_lib.TRAINABLE:
@@ -320,15 +443,27 @@ def plan(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],
       loop_lib.check_batch(stage.data, stage.loop, mesh)
     except ValueError as e:
       _fail(stage, str(e))
+    _check_vocabularies(stage, objective, evaluation, frozen, models,
+                        noted)
+    _check_evaluation_batch(stage, evaluation, mesh)
     tx, schedule = stage.optimizer.build()
     p = PlannedStage(stage=stage, init=init, frozen=frozen,
                      network=nets[stage.trains], objective=objective,
                      evaluation=evaluation, tx=tx, schedule=schedule)
-    if trace:
-      _trace(stage, p, models, mesh)
     planned.append(p)
     trained_by[stage.name] = stage.trains
+  if trace:
+    trace_steps(planned, models, mesh)
   return planned
+
+
+def trace_steps(planned: list[PlannedStage], models, mesh) -> None:
+  """Traces every stage's train step abstractly (`plan` does unless told
+  not to). It costs seconds per stage, so it comes after every stage's
+  configuration is known to be right: a mistake in the last stage is
+  reported first."""
+  for p in planned:
+    _trace(p.stage, p, models, mesh)
 
 
 class _Sources:
@@ -378,7 +513,7 @@ def _needed_after(planned, index) -> set:
   return keys
 
 
-def _latest_step(directory, config) -> int | None:
+def _latest_step(directory, config, data=None) -> int | None:
   """The latest saved step of a stage folder (file sizes checked, nothing
   hashed or moved), after checking that a model of `config` wrote it."""
   if not epath.Path(f"{directory}/checkpoints").exists():
@@ -393,6 +528,9 @@ def _latest_step(directory, config) -> int | None:
     try:
       loop_lib.check_same_model(meta, config,
                                 f"{checkpointer.directory}/{step}")
+      if data is not None:
+        loop_lib.check_same_data(meta, data,
+                                 f"{checkpointer.directory}/{step}")
     except ValueError as e:
       raise StageError(str(e)) from None
     return step
@@ -405,7 +543,8 @@ def check_progress(model_dir: str, planned: list[PlannedStage]) -> dict:
   saved beyond its num_steps (its num_steps was lowered after it trained)."""
   progress = {}
   for p in planned:
-    latest = _latest_step(f"{model_dir}/{p.stage.name}", p.network.config)
+    latest = _latest_step(f"{model_dir}/{p.stage.name}", p.network.config,
+                          p.stage.data)
     if latest is not None and latest > p.stage.loop.num_steps:
       _fail(p.stage, f"{model_dir}/{p.stage.name} already holds a checkpoint "
             f"at step {latest}, beyond num_steps={p.stage.loop.num_steps}. "
@@ -433,8 +572,48 @@ def check_initial_checkpoints(planned: list[PlannedStage], specs) -> None:
       try:
         params_io.check_initial_checkpoint(
             path, models_lib.config_of(role, specs))
-      except (ValueError, FileNotFoundError) as e:
+      except FileNotFoundError as e:
+        option = ("train.initial_checkpoint (INITIAL_CHECKPOINT in the "
+                  "shipped gin files)" if role in (models_lib.POLICY,
+                                                   models_lib.REFERENCE)
+                  else f"the initial_checkpoint of models[{role!r}]")
+        _fail(p.stage, f"the {role} model's initial checkpoint: {e} Set "
+              f"{option} to a params checkpoint, a Hugging Face or T5X "
+              "checkpoint, or a training stage folder.")
+      except ValueError as e:
         _fail(p.stage, f"the {role} model's initial checkpoint: {e}")
+
+
+# Registrations whose tasks are generated by code from integer seeds: no
+# file can be missing or empty, and generating a split costs seconds.
+_GENERATED_BY = ("ipo_md_tasks.register_synthetic_tasks",)
+
+
+def check_data_sources(planned: list[PlannedStage]) -> None:
+  """Reads the first example of every task split that a stage after the
+  first reads (its data and its evaluation's), so that a missing or empty
+  file, a bad first line or a comparisons split that keeps nothing stops
+  the run before the first stage trains rather than when that stage
+  starts. (The first stage reads its own data before it trains.) Tasks
+  generated by code are skipped."""
+  from ipo_md.data import registration  # pylint: disable=g-import-not-at-top
+
+  seen = set()
+  for p in planned[1:]:
+    configs = [("its data", p.stage.data)]
+    data = getattr(p.evaluation, "data", None)
+    if data is not None:
+      configs.append(("its evaluation data", data))
+    for what, cfg in configs:
+      key = (cfg.task, cfg.split)
+      if key in seen or registration.configured_by(cfg.task) in _GENERATED_BY:
+        continue
+      seen.add(key)
+      try:
+        next(iter(data_pipeline.task_examples(cfg.task, cfg.split, limit=1)),
+             None)
+      except ValueError as e:
+        _fail(p.stage, f"{what} ({cfg.task}:{cfg.split}): {e}")
 
 
 def _meta(p: PlannedStage, specs) -> dict:
@@ -530,7 +709,7 @@ def describe(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],
   """Every stage planned and checked, with the shapes, shardings and sizes of
   its train state and frozen models, built abstractly (no memory)."""
   out = {}
-  for p in plan(models=models, stages=stages, mesh=mesh):
+  for p in plan(models=models, stages=stages, mesh=mesh, dry_run=True):
     abstract_state, _, _ = loop_lib.abstract_train_state(
         p.network, p.tx, mesh, p.stage.loop.seed)
     frozen = _abstract_frozen(p.frozen, models, mesh)

@@ -2,7 +2,7 @@
 
 The papers define log pi(y|x) as the teacher-forced *sum* over response
 tokens; TRL's DPOTrainer averages for IPO. Which one is used is a named option
-(`reduce`), never a silent choice (ALGORITHMS.md §1, §6.3).
+(`reduce`), never a silent choice (docs/methods.md, the options table).
 """
 
 import jax

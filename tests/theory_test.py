@@ -1,4 +1,4 @@
-"""The tabular theory of ALGORITHMS.md §4, checked through `ipo_md.losses`.
+"""The tabular theory of docs/methods.md, checked through `ipo_md.losses`.
 
 Gradients come from `ipo_md.theory.methods`, i.e. from the loss functions that
 train the T5 policies; the expected values are independent numpy formulas or
@@ -89,7 +89,7 @@ class NashTest(absltest.TestCase):
       self.assertGreater(nash.exploitability(game, games.softmax(theta)), 0.0)
 
   def test_two_action_closed_form(self):
-    # p(1 > 2) = 0.7, uniform ref: pi1/pi2 = exp(0.2/tau) (§4.2).
+    # p(1 > 2) = 0.7, uniform ref: pi1/pi2 = exp(0.2/tau) (App. F).
     for tau, pi1 in ((1.0, 0.55), (0.1, 0.88)):
       pi = nash.nash_equilibrium(games.two_action_game(0.7, tau=tau))
       self.assertAlmostEqual(pi[0] / pi[1], np.exp(0.2 / tau), delta=1e-9)
@@ -137,7 +137,7 @@ class OnlineIpoTest(absltest.TestCase):
 class IpoMdTest(parameterized.TestCase):
 
   def test_gradient_is_the_centred_form_not_prop_5_1(self):
-    """§2.3/§4.3: the loss's gradient has the +tau E_pi'[lr] centring."""
+    """docs/methods.md: the loss's gradient has the +tau E_pi'[lr] centring."""
     beta = 0.125
     for game, theta in _random_cases(9):
       pi = games.softmax(theta)
@@ -277,7 +277,7 @@ class ContrastiveHandFormulaTest(absltest.TestCase):
 class EstimatorTest(absltest.TestCase):
 
   def test_contrastive_variance_never_exceeds_non_contrastive(self):
-    """App. D / §4.5 over many random games and policies."""
+    """App. D over many random games and policies."""
     rng = np.random.default_rng(7)
     for i in range(200):
       k = (2, 3, 4, 5)[i % 4]
@@ -305,7 +305,8 @@ class EstimatorTest(absltest.TestCase):
 
   def test_two_action_counterexample_has_equal_variances(self):
     # pi uniform, p = 0.7. With two logits <g(y), g(y')> is twice the
-    # one-logit value, so the condition is -0.01 here (-0.005 in §4.5).
+    # one-logit value, so the condition is -0.01 here (-0.005 when the
+    # counterexample is written with one logit).
     v = methods.estimator_variances(np.zeros(2),
                                     games.two_action_game(0.7, tau=0.5))
     self.assertAlmostEqual(v["condition"], -0.01, delta=1e-12)

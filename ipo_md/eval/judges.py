@@ -11,8 +11,8 @@ p(a > b) per pair. `Pairs` carries each prompt and response both as token ids
 `judge_both_orders` asks a judge about every pair in both orders, in one call,
 and averages 0.5 * (p(a, b) + 1 - p(b, a)). The average is antisymmetric, and
 it removes a judge's constant position bias exactly: if the judge returns
-p(a, b) + c for an antisymmetric p, the c cancels (ALGORITHMS.md §5.5 leaves
-position handling open; swapping and averaging is the fair choice).
+p(a, b) + c for an antisymmetric p, the c cancels (the paper leaves position
+handling open, docs/methods.md; swapping and averaging is the fair choice).
 """
 
 import dataclasses

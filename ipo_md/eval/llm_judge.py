@@ -2,7 +2,7 @@
 """An LLM judge over an OpenAI-compatible chat-completions HTTP API.
 
 The paper judges its side-by-side comparisons with an LLM prompted as a
-summary rater (arXiv 2403.08635 §6; ALGORITHMS.md §5.5). Any server that
+summary rater (arXiv 2403.08635 §6; docs/methods.md). Any server that
 speaks `POST {base_url}/chat/completions` (OpenAI, vLLM, llama.cpp, TGI,
 Ollama's /v1, ...) can play that role here. Only the Python standard library
 is used (urllib), so the judge adds no dependency.

@@ -2,7 +2,7 @@
 """Side-by-side evaluation: N policies, the same prompts, every pair judged.
 
 This is the evaluation behind the paper's Table 2 (arXiv 2403.08635 §6;
-ALGORITHMS.md §5.4-5.5), for any number of policies and judges:
+docs/methods.md, "Evaluation protocol"), for any number of policies and judges:
 
 1. Each policy samples one response per prompt (`sample_responses`: the
    policy alone, no mixture; jitted once per model config and batch shape).

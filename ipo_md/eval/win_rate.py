@@ -3,7 +3,7 @@
 `eval/win_rate_vs_ref` is the mean judged p(policy > reference) over held-out
 prompts, one sample of each per prompt, judged in both orders
 (0.5 * (p(y_pi, y_ref) + 1 - p(y_ref, y_pi))) so a position-biased judge
-cannot favour either side (ALGORITHMS.md §5.5).
+cannot favour either side (docs/methods.md, "Evaluation protocol").
 """
 
 import jax

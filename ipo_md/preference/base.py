@@ -41,8 +41,8 @@ def symmetrized(
   """0.5 * (p(y, y') + 1 - p(y', y)): an exactly antisymmetric preference.
 
   A learned preference model is not antisymmetric by construction; the theory
-  of online IPO (Prop. 4.1) assumes it is (ALGORITHMS.md §6.5). Both orders
-  are evaluated in one call of `signal` on a doubled batch.
+  of online IPO (arXiv 2403.08635 Prop. 4.1; docs/methods.md) assumes it is.
+  Both orders are evaluated in one call of `signal` on a doubled batch.
   """
   both = signal(
       params,

@@ -1,7 +1,7 @@
 # Copyright 2025 The ipo-md Authors. Licensed under the Apache License 2.0.
 """Finite preference games: one prompt, K responses, a preference matrix.
 
-A game fixes everything the methods of ALGORITHMS.md §4 share: the matrix
+A game fixes everything the methods of docs/methods.md share: the matrix
 P[i, j] = p(i > j) with P + P^T = 1 (so the diagonal is 1/2), a reference
 policy with full support and the regularisation strength tau. Policies are
 probability vectors over the K actions; the trained ones are softmaxes of
@@ -20,7 +20,7 @@ _SYMMETRY_ATOL = 1e-9
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class PreferenceGame:
-  """A regularised symmetric preference game (ALGORITHMS.md §1, §4).
+  """A regularised symmetric preference game (docs/methods.md).
 
   Attributes:
     prefs_KxK: P[i, j] = p(action i > action j), in [0, 1], P + P^T = 1.
@@ -102,7 +102,7 @@ def softmax(theta_K: np.ndarray) -> np.ndarray:
 def geometric_mixture(
     pi_K: np.ndarray, ref_K: np.ndarray, beta: float
 ) -> np.ndarray:
-  """pi_beta proportional to pi^(1-beta) ref^beta (beta = weight on ref, §3)."""
+  """pi_beta proportional to pi^(1-beta) ref^beta (beta: the weight on ref)."""
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"beta={beta} must lie in [0, 1] (the weight on ref).")
   return softmax((1.0 - beta) * np.log(pi_K) + beta * np.log(ref_K))
@@ -127,7 +127,7 @@ def random_game(
 def two_action_game(
     p: float, *, tau: float, ref_K: np.ndarray | None = None
 ) -> PreferenceGame:
-  """Two actions with p(action 0 > action 1) = p (ALGORITHMS.md §4.2, §4.4)."""
+  """Two actions with p(action 0 > action 1) = p (arXiv 2403.08635 App. F)."""
   return PreferenceGame(
       prefs_KxK=np.array([[0.5, p], [1.0 - p, 0.5]]),
       ref_K=uniform(2) if ref_K is None else ref_K,
@@ -140,7 +140,7 @@ def cyclic_eps_game(
 ) -> PreferenceGame:
   """A 3-action, nearly cyclic game whose unregularised NE is p_eps's.
 
-  ALGORITHMS.md §4.6 says the p_eps game of arXiv 2312.00886 §3.2 has the Nash
+  The p_eps game of arXiv 2312.00886 §3.2 is reported to have the Nash
   equilibrium (1/3 + eps/2, 1/3 + eps/2, 1/3 - eps); its matrix itself was not
   found. This stand-in is the cycle 0 > 1 > 2 > 0 with P = 1/2 + A and the
   antisymmetric A[0, 1] = s (1/3 - eps), A[1, 2] = A[2, 0] = s (1/3 + eps/2),
@@ -176,7 +176,7 @@ def cyclic_eps_nash(eps: float) -> np.ndarray:
 
 
 # Three non-transitive dice: each beats the next with probability 5/9
-# (ALGORITHMS.md §4.2; arXiv 2312.00886 App. C.1).
+# (arXiv 2312.00886 App. C.1).
 NONTRANSITIVE_DICE = (
     (2, 2, 4, 4, 9, 9), (1, 1, 6, 6, 8, 8), (3, 3, 5, 5, 7, 7))
 

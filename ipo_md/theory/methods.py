@@ -7,7 +7,7 @@ policy-gradient losses are that one value ([batch, 1]). The exact expected
 loss enumerates all K^2 pairs (y, y') as one batch with weights
 SG[s(y) s'(y')] for the method's samplers s, s', and jax.grad of it is the
 exact expected gradient. The sampled loss feeds sampled pairs instead. Both
-call the same loss function as the T5 trainer (ALGORITHMS.md §2):
+call the same loss function as the T5 trainer (docs/methods.md):
 
   method          y from          y' from          loss
   online IPO      pi              pi               losses.ipo_loss
@@ -49,7 +49,7 @@ def in_float64(fn):
 
 
 def log_mixture(log_pi_K: jax.Array, log_ref_K: jax.Array, beta: float):
-  """log pi_beta = log_softmax((1 - beta) log pi + beta log ref) (§3)."""
+  """log pi_beta = log_softmax((1 - beta) log pi + beta log ref)."""
   return jax.nn.log_softmax((1.0 - beta) * log_pi_K + beta * log_ref_K)
 
 
@@ -333,7 +333,7 @@ def _estimator_variances(theta_K, game):
 
 @in_float64
 def estimator_variances(theta_K, game: PreferenceGame) -> dict[str, float]:
-  """Variance of the contrastive vs non-contrastive estimators (App. D, §4.5).
+  """Variance of the contrastive vs non-contrastive estimators (App. D).
 
   With y, y' iid from pi and f = p(y>y') - 1/2 - tau h(y, y'), the
   non-contrastive sample is X1 = -grad log pi(y) f and the contrastive one

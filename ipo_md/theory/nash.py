@@ -4,7 +4,7 @@
 These are numpy/scipy computations, independent of `ipo_md.losses`, so the
 tests can hold the losses' stationary points against them. The regularised
 Nash equilibrium pi*_tau is found by minimising the exploitability, a convex
-function of pi that is zero exactly at pi*_tau (ALGORITHMS.md §4.1):
+function of pi that is zero exactly at pi*_tau (docs/methods.md):
 
   e(pi) = tau log sum_y ref(y) exp((P pi)_y / tau) + tau KL(pi || ref) - 1/2
 
@@ -74,7 +74,7 @@ def solve_fixed_point(fixed_point_map, pi0_K: np.ndarray) -> np.ndarray:
 
 
 def nash_equilibrium(game: PreferenceGame) -> np.ndarray:
-  """The regularised Nash equilibrium pi*_tau of the game (ALGORITHMS §4.1).
+  """The regularised Nash equilibrium pi*_tau of the game (docs/methods.md).
 
   Args:
     game: the game; its tau is the regularisation.
@@ -107,8 +107,9 @@ def ipo_md_fixed_point(
   """The IPO-MD(beta) stationary point: a best response to its own mixture.
 
   Iterates pi <- (1 - a) pi + a BR(geometric_mixture(pi, ref, beta)) (the
-  damped iteration of ALGORITHMS.md Appendix A), then Newton-polishes. It does
-  not use Prop. 5.2, so tests can check that the mixture is NE(tau/(1-beta)).
+  damped best-response iteration of docs/methods.md), then Newton-polishes.
+  It does not use Prop. 5.2, so tests can check that the mixture is
+  NE(tau/(1-beta)).
 
   Args:
     game: the game.

@@ -9,8 +9,9 @@ it records:
     with their exploitability, against each method's theoretical fixed point;
   * a sampled online IPO run with the framework's Adafactor;
   * the IPO-MD fixed point as a function of beta, against NE(tau/(1-beta));
-  * the two-action online DPO vs Nash numbers of ALGORITHMS.md §4.4;
-  * the contrastive vs non-contrastive variance over random games (§4.5).
+  * the two-action online DPO vs Nash numbers (arXiv 2403.08635 App. F);
+  * the contrastive vs non-contrastive variance over random games (App. D;
+    docs/methods.md, "The tabular theory").
 
 The result is plain JSON-able data; `figures` draws it.
 """
@@ -152,7 +153,7 @@ def fixed_points_vs_beta(game, betas) -> list[dict]:
 
 
 def online_dpo_vs_nash(ps=(0.5, 0.7, 0.9), tau: float = 0.5) -> list[dict]:
-  """Two actions, uniform ref, p = p(y2 > y1): NE vs online DPO (§4.4)."""
+  """Two actions, uniform ref, p = p(y2 > y1): NE vs online DPO (2403.08635 App. F)."""
   rows = []
   for p in ps:
     game = games.two_action_game(1.0 - p, tau=tau)
@@ -164,7 +165,7 @@ def online_dpo_vs_nash(ps=(0.5, 0.7, 0.9), tau: float = 0.5) -> list[dict]:
 
 
 def variance_check(num_games: int, tau: float, seed: int) -> dict:
-  """Contrastive vs non-contrastive variance over random games (§4.5)."""
+  """Contrastive vs non-contrastive variance over random games (App. D)."""
   rng = np.random.default_rng(seed)
   ratios, conditions = [], []
   for _ in range(num_games):

@@ -3,7 +3,8 @@
 
 A pairwise preference model reads the prompt and both responses and is read
 out at one decoder step (`ipo_md.preference.learned`, "encoder" layout, the
-text-to-text form). This times scoring B pairs of packed length 512 with a
+text-to-text form). This times scoring B pairs (a prompt of 256 tokens, two
+responses of up to 126, packed into 512, the packing included) with a
 random T5 of T5-small dimensions (8+8 layers, d_model 512) in JAX (jit,
 float32) and the same forward in transformers' T5ForConditionalGeneration
 (encoder over the packed ids, one decoder step), and prints pairs/s. The
@@ -25,7 +26,7 @@ from bench import hf_loops
 from ipo_md.model import config as config_lib
 from ipo_md.model import network
 from ipo_md.model import scoring
-from ipo_md.preference import learned
+from ipo_md.preference import learned  # pylint: disable=g-bad-import-order
 
 
 def _time(fn, repeats: int) -> float:
@@ -60,13 +61,20 @@ def main() -> None:
          config_lib.t5_1_1("small"))
   net = network.Transformer(cfg)
   params = scoring.init_params(net, jax.random.PRNGKey(0))
-  ids = _inputs(np.random.default_rng(0), args.batch, length, cfg.vocab_size)
+  rng = np.random.default_rng(0)
+  # A prompt of half the length and two responses of a quarter each.
+  x = _inputs(rng, args.batch, length // 2, cfg.vocab_size)
+  y = _inputs(rng, args.batch, length // 4 - 2, cfg.vocab_size)
+  yp = _inputs(rng, args.batch, length // 4 - 2, cfg.vocab_size)
   readout = (5, 6)
-  logits_fn = jax.jit(lambda p, x: learned.readout_score(
-      learned.first_step_logits(net, p, x), readout))
-  x = jnp.asarray(ids)
-  seconds = _time(lambda: logits_fn(params, x).block_until_ready(),
+  pm = learned.PreferenceModel(network=net, head=learned.PairwiseHead(
+      input_length=length, readout=readout,
+      template=learned.Template(first=(3,), second=(4,))))
+  logit_fn = jax.jit(pm.logit)
+  x, y, yp = jnp.asarray(x), jnp.asarray(y), jnp.asarray(yp)
+  seconds = _time(lambda: logit_fn(params, x, y, yp).block_until_ready(),
                   args.repeats)
+  ids = np.asarray(pm.pack(x, y, yp))
   print(f"shape: {args.batch} pairs x {length} tokens, T5 "
         f"{'tiny' if args.quick else 'small'} dims, float32; "
         f"{jax.devices()[0].platform}")

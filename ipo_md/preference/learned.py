@@ -35,6 +35,7 @@ unchanged after `ipo-md convert --from_hf`.
 import dataclasses
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -180,6 +181,30 @@ def readout_score(logits_BxV: jax.Array, readout: Ids) -> jax.Array:
   return score
 
 
+def _readout_logits(net: network.Transformer, params, encoder_BxS,
+                    decoder_BxM, position_B, readout: Ids) -> jax.Array:
+  """The read-out tokens' logits [B, len(readout)] at one decoder position
+  per row, from the decoder's hidden states and only those columns of the
+  output layer (no [B, M, V] logits: the vocabulary is 32k for T5)."""
+  def hidden(module, enc, dec):
+    encoded = module.encode(enc)
+    return module.decode(encoded, enc, dec, hidden_only=True)
+
+  h_BxMxE = nn.apply(hidden, net)({"params": params}, encoder_BxS,
+                                  decoder_BxM)
+  h_BxE = jnp.take_along_axis(h_BxMxE, position_B[:, None, None],
+                              axis=1)[:, 0]
+  kernel_ExR = network.output_kernel(net.config, params)[:, list(readout)]
+  return jnp.dot(h_BxE, kernel_ExR.astype(h_BxE.dtype),
+                 preferred_element_type=jnp.float32)
+
+
+def _score(logits_BxR: jax.Array) -> jax.Array:
+  if logits_BxR.shape[1] == 2:
+    return logits_BxR[:, 0] - logits_BxR[:, 1]
+  return logits_BxR[:, 0]
+
+
 LAYOUTS = ("encoder", "decoder")
 START_ID = 0  # T5's decoder start token.
 
@@ -269,20 +294,19 @@ def read_out(net: network.Transformer, params, head, inputs_BxLi,
     middle += [t.second, responses[1]]
   middle.append(t.suffix)
   if head.layout == "encoder":
-    packed = pack((t.prefix, inputs_BxLi, *middle), head.input_length,
-                  what=what)
-    logits = first_step_logits(net, params, packed)
+    encoder = pack((t.prefix, inputs_BxLi, *middle), head.input_length,
+                   what=what)
+    decoder = jnp.full((encoder.shape[0], 1), START_ID, jnp.int32)
+    position_B = jnp.zeros((encoder.shape[0],), jnp.int32)
   else:
     encoder = pack((t.prefix, inputs_BxLi), head.input_length,
                    what=f"{what} (encoder)")
     segments = ((START_ID,), *middle)
     decoder = pack(segments, head.decoder_length, eos=False,
                    what=f"{what} (decoder)")
-    last_B = packed_length(segments) - 1
-    all_logits = net.apply({"params": params}, encoder, decoder)
-    logits = jnp.take_along_axis(all_logits, last_B[:, None, None],
-                                 axis=1)[:, 0].astype(jnp.float32)
-  return readout_score(logits, head.readout)
+    position_B = packed_length(segments) - 1
+  return _score(_readout_logits(net, params, encoder, decoder, position_B,
+                                head.readout))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -184,6 +184,34 @@ def test_rlhf_sampled_kl_term_is_tau_times_the_kl_gradient():
         draws.mean(axis=0), value)
 
 
+def test_rlhf_baselines_by_hand():
+  # Rows [all prompts] x 3 samples: prompt 0 has rewards (1, 4, 7), prompt 1
+  # (2, 5, 8).
+  reward = jnp.array([1.0, 2.0, 4.0, 5.0, 7.0, 8.0])
+  make = lambda baseline: policy_gradient.RLHF(
+      models=_tabular(2), sampling=ONE_TOKEN, tau=0.1, baseline=baseline,
+      samples_per_prompt=3, reward=fakes.TabularReward(np.zeros(2)))
+  np.testing.assert_allclose(make("leave_one_out")._baseline(reward, 2),
+                             [5.5, 6.5, 4.0, 5.0, 2.5, 3.5])
+  np.testing.assert_allclose(make("batch_mean")._baseline(reward, 2),
+                             (27.0 - reward) / 5)
+  np.testing.assert_allclose(make("none")._baseline(reward, 2), 0.0)
+
+
+def test_score_reward_is_the_oracles_score():
+  gold = oracle.FactsOracle()
+  cfg = data_pipeline.DataConfig(
+      task="synthetic_facts_comparisons", split="validation", kind="pairs",
+      batch_size=4, feature_lengths={"inputs": 64, "targets": 32})
+  batch = data_pipeline.load_batch(cfg, 4)
+  reward = policy_gradient.ScoreReward(scorer=gold, scale=2.0)
+  np.testing.assert_allclose(
+      reward(None, batch["inputs"], batch["chosen"]),
+      2.0 * gold.score(batch["inputs"], batch["chosen"]), rtol=1e-6)
+  with pytest.raises(ValueError, match="has no score"):
+    policy_gradient.ScoreReward(scorer=object())
+
+
 # --- The shared metric names. ---------------------------------------------
 
 SHARED = {"loss", "kl/sampled", "signal/mean", "rewards/margin",

@@ -92,8 +92,8 @@ def test_local_cpu_runs_the_cli(tmp_path):
                      "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   # gin/ipo_md_tiny.gin: T5 1.1 tiny with the synthetic 64-piece vocabulary.
-  assert "[sft] 0.2M parameters" in result.stdout, result.stdout
-  assert "[ipo_md] 0.2M parameters" in result.stdout, result.stdout
+  assert "[sft] trains the policy (from initial): 0.2M parameters" in result.stdout, result.stdout
+  assert "[ipo_md] trains the policy (from sft): 0.2M parameters" in result.stdout, result.stdout
   assert not (tmp_path / "run").exists(), "a dry run writes nothing"
 
 

@@ -38,7 +38,7 @@ def test_model_gin_files(size, expected_millions):
   assert count / 1e6 == pytest.approx(expected_millions, abs=0.01)
 
 
-LARGE_FLAGS = ["--gin.MODEL_DIR=/tmp/unused",
+LARGE_FLAGS = ["--gin.MODEL_DIR='/tmp/unused'",
                "--gin.INITIAL_CHECKPOINT='/tmp/unused'",
                "--gin.PREFERENCE_CHECKPOINT='/tmp/unused'",
                "--gin.partitioning.MeshConfig.model=4"]

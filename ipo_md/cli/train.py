@@ -256,6 +256,9 @@ def _main(argv: list[str]) -> int:
     import jax  # pylint: disable=g-import-not-at-top
 
     jax.distributed.initialize(**_distributed_args())
+    from ipo_md.trainer import stopping  # pylint: disable=g-import-not-at-top
+
+    stopping.reclaim()  # initialize() replaced our SIGTERM handler.
   gin_flags.parse(args, dot_bindings)
   if not args.dry_run and (missing := gin_flags.unset_required_macros()):
     raise SystemExit(required_values_message(missing))

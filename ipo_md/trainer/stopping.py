@@ -66,3 +66,15 @@ class StopSignals:
 def current() -> StopSignals | None:
   """The installed StopSignals, if any."""
   return _active
+
+
+def reclaim() -> None:
+  """Puts the installed StopSignals' handlers back in place.
+
+  `jax.distributed.initialize` installs the coordination service's own
+  SIGTERM handler (its preemption notifier), replacing ours; a SIGTERM would
+  then no longer reach the run's flag. Call this after it. A signal already
+  received stays received."""
+  if _active is not None and _active._installed:  # pylint: disable=protected-access
+    for sig in _SIGNALS:
+      signal.signal(sig, _active._handle)  # pylint: disable=protected-access

@@ -11,6 +11,7 @@ import functools
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -206,12 +207,24 @@ class Trainer:
     step = int(state.step)
     if int(state.nonfinite_step) != train_state_lib.NOT_HALTED:
       # A halted state stopped advancing; its data position is its step (one
-      # global batch per step).
+      # global batch per step). The halt belongs to this run, not to the
+      # state: saved with it, a rerun (say with a lower learning rate) would
+      # restore a state that refuses every update.
       data_position = step
+      state = state.replace(nonfinite_step=self._not_halted(
+          state.nonfinite_step), nonfinite_what=self._not_halted(
+              state.nonfinite_what, 0))
     self.checkpointer.save(step, state, {
         **self.meta, "step": step, "data_position": data_position,
         "model_config": dataclasses.asdict(self.network.config),
         "data": data_stream(self.data)})
+
+  def _not_halted(self, like: jax.Array,
+                  value: int = train_state_lib.NOT_HALTED) -> jax.Array:
+    """A replicated int32 scalar `value` (on every host, in `like`'s
+    sharding), to clear a halted state's guard fields before saving."""
+    return jax.jit(lambda x: jnp.full_like(x, value),
+                   out_shardings=partitioning.replicated(self.mesh))(like)
 
   def evaluate(self, state) -> dict:
     if self.evaluation is None:

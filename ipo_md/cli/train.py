@@ -260,6 +260,10 @@ def _main(argv: list[str]) -> int:
 
     stopping.reclaim()  # initialize() replaced our SIGTERM handler.
   gin_flags.parse(args, dot_bindings)
+  from ipo_md.cli import runtime  # pylint: disable=g-import-not-at-top
+
+  # Stages (and reruns) whose shapes repeat load compiled programs from disk.
+  runtime.configure_compilation_cache()
   if not args.dry_run and (missing := gin_flags.unset_required_macros()):
     raise SystemExit(required_values_message(missing))
   # Task locations bound in gin (e.g. register_tldr_tasks.sft_dir) take effect.

@@ -44,6 +44,9 @@ setuptools.setup(
         # Parity tests against Hugging Face; kept apart so the core stays lean.
         # torch 2.13.0 is the CPU wheel available offline on the dev machines.
         "hf": ["torch==2.13.0", "transformers>=4.45"],
+        # Orbax imports google-cloud-storage for any gs:// checkpoint directory
+        # without declaring it.
+        "gcs": ["google-cloud-storage>=2.10,<4"],
     },
     entry_points={
         "console_scripts": [

@@ -3,6 +3,7 @@ preference-model stage (exact resume, read back bit-identical by a policy
 stage), and learned-PM training and use on meshes equal to one device."""
 
 import functools
+import os
 import time
 
 import jax
@@ -25,6 +26,13 @@ from ipo_md.trainer import models as models_lib
 from ipo_md.trainer import objectives
 from ipo_md.trainer import pipeline
 from ipo_md.trainer import step as step_lib
+
+
+# Every mesh of 8 devices with IPO_MD_SLOW=1; the default suite compiles one
+# (each mesh costs about 35 s of CPU). trainer_test.py takes (4, 2) and
+# pipeline_test.py (2, 4), so the default suite covers both splits.
+MESHES = (((8, 1), (4, 2), (2, 4)) if os.environ.get("IPO_MD_SLOW") == "1"
+          else ((2, 4),))
 
 CFG = config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8,
                           mlp_dim=64, num_encoder_layers=1,
@@ -306,7 +314,7 @@ def test_pm_training_and_a_policy_against_the_pm_equal_one_device_on_meshes():
   for name, objective, batch, frozen_params in cases:
     base, base_losses, _ = _steps_on_mesh(_mesh(), objective, batch,
                                           frozen_params)
-    for data, model in ((8, 1), (4, 2), (2, 4)):
+    for data, model in MESHES:
       params, losses_, sharding = _steps_on_mesh(
           _mesh(data, model), objective, batch, frozen_params)
       assert len(sharding.device_set) == 8, "the state is spread on 8 devices"

@@ -2,6 +2,7 @@
 parity on fake devices, exact resume, and errors before long work."""
 
 import functools
+import os
 import pathlib
 
 import jax
@@ -27,6 +28,13 @@ from ipo_md.trainer import models as models_lib
 from ipo_md.trainer import objectives
 from ipo_md.trainer import step as step_lib
 from ipo_md.trainer import train_state as train_state_lib
+
+
+# Every mesh of 8 devices with IPO_MD_SLOW=1; the default suite compiles one
+# (each mesh costs about 35 s of CPU). trainer_test.py takes (4, 2) and
+# pipeline_test.py (2, 4), so the default suite covers both splits.
+MESHES = (((8, 1), (4, 2), (2, 4)) if os.environ.get("IPO_MD_SLOW") == "1"
+          else ((4, 2),))
 
 # Smaller than "tiny": these tests compile whole train steps many times.
 CFG = config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8,
@@ -132,7 +140,7 @@ def test_sharded_equals_single_device():
   one = partitioning.make_mesh(partitioning.MeshConfig(data=1, model=1),
                                devices[:1])
   base_params, base_losses, _ = _run_on_mesh(one)
-  for data, model in ((8, 1), (4, 2), (2, 4)):
+  for data, model in MESHES:
     mesh = partitioning.make_mesh(
         partitioning.MeshConfig(data=data, model=model))
     params, losses_, state = _run_on_mesh(mesh)

@@ -247,7 +247,7 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
   # Outputs: the operative config, metrics of every step once, event files,
   # checkpoints of both stages.
   config = (model_dir / "config.gin").read_text()
-  assert "losses.ipo_loss.tau = 0.1" in config, config
+  assert "losses.ipo_loss.tau = 0.05" in config, config
   assert f"ipo_md/loop.LoopConfig.num_steps = {final}" in config, config
   sft_log = _steps(model_dir / "sft" / "metrics.jsonl")
   assert [r["step"] for r in sft_log] == [0, 1, 2, 3]

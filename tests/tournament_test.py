@@ -111,3 +111,97 @@ def test_beta_sweep_against_the_reference_and_online_ipo():
   sweep = summary["beta_sweep"]
   np.testing.assert_allclose(sweep["0.5"]["vs_reference"]["mean"], 0.66)
   np.testing.assert_allclose(sweep["1"]["vs_online_ipo"]["mean"], 0.4)
+
+
+def test_tournament_tiny_gin_holds_every_method_with_its_values():
+  """gin/tournament_tiny.gin: the nine methods of gin/methods/, each with
+  the objective, loss, tau and data kind of its tiny method file, every one
+  from the SFT model; the beta sweep over IPO-MD's stage. (Parsed and
+  built only: planning every stage is `ipo-md tournament --dry_run`.)"""
+  import gin  # pylint: disable=g-import-not-at-top
+
+  import ipo_md_tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from ipo_md.cli import gin_flags  # pylint: disable=g-import-not-at-top
+  from ipo_md.cli import tournament as tournament_cli  # pylint: disable=g-import-not-at-top
+  from ipo_md.trainer import objectives  # pylint: disable=g-import-not-at-top
+  from ipo_md.trainer import offline  # pylint: disable=g-import-not-at-top
+  from ipo_md.trainer import policy_gradient  # pylint: disable=g-import-not-at-top
+
+  want_names = ("online_ipo", "ipo_md", "online_dpo", "online_slic",
+                "nash_md_pg", "rlhf", "offline_ipo", "offline_dpo",
+                "offline_slic")
+  got = {}
+  gin.clear_config()
+  for path in gin_flags.DEFAULT_SEARCH_PATHS:
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(
+      ["tournament_tiny.gin"], ["MODEL_DIR = '/tmp/unused'"],
+      finalize_config=False)
+  try:
+    entrants = gin.query_parameter(
+        "tournament_script.tournament.entrants")
+    with gin.config_scope(None):
+      built = [e.scoped_configurable_fn() for e in entrants]
+    template = gin.query_parameter(
+        "tournament_script.tournament.sweep_template").scoped_configurable_fn()
+    betas = gin.query_parameter("tournament_script.tournament.sweep_betas")
+    bindings = {}
+    for name in want_names:
+      for key in (f"objectives.OnlinePairwise.beta",
+                  "policy_gradient.NashMDPG.beta",
+                  "losses.ipo_loss.tau", "losses.dpo_loss.tau",
+                  "losses.slic_loss.tau", "policy_gradient.NashMDPG.tau",
+                  "policy_gradient.RLHF.tau"):
+        try:
+          bindings[f"method/{name}/{key}"] = gin.query_parameter(
+              f"method/{name}/{key}")
+        except ValueError:
+          pass
+  finally:
+    gin.clear_config()
+  del tournament_cli
+  want = {  # name: (objective class, loss, tau, data kind, family, online)
+      "online_ipo": (objectives.OnlinePairwise, "ipo_loss", 0.1, "prompts",
+                     "ipo", True),
+      "ipo_md": (objectives.OnlinePairwise, "ipo_loss", 0.1, "prompts", "ipo",
+                 True),
+      "online_dpo": (objectives.OnlinePairwise, "dpo_loss", 0.5, "prompts",
+                     "dpo", True),
+      "online_slic": (objectives.OnlinePairwise, "slic_loss", 1.0, "prompts",
+                      "slic", True),
+      "nash_md_pg": (policy_gradient.NashMDPG, None, 0.01, "prompts", None,
+                     True),
+      "rlhf": (policy_gradient.RLHF, None, 0.05, "prompts", None, True),
+      "offline_ipo": (offline.OfflinePairwise, "ipo_loss", 0.1, "pairs", "ipo",
+                      False),
+      "offline_dpo": (offline.OfflinePairwise, "dpo_loss", 0.5, "pairs", "dpo",
+                      False),
+      "offline_slic": (offline.OfflinePairwise, "slic_loss", 1.0, "pairs",
+                       "slic", False),
+  }
+  assert [e.name for e in built] == list(want) == list(want_names)
+  for e in built:
+    cls, loss, tau, kind, family, online = want[e.name]
+    stage = e.stage
+    assert stage.name == e.name and stage.init == "sft", e.name
+    assert stage.frozen["reference"] == "sft", e.name
+    assert (e.family, e.online) == (family, online), e.name
+    assert stage.data.kind == kind, e.name
+    assert stage.objective.__name__ == cls.__name__, e.name
+    got[e.name] = {k: bindings.get(f"method/{e.name}/{k}") for k in (
+        f"{cls.__module__.rsplit('.', 1)[1]}.{cls.__name__}.beta",
+        f"losses.{loss}.tau" if loss else
+        f"policy_gradient.{cls.__name__}.tau")}
+    tau_key = (f"losses.{loss}.tau" if loss else
+               f"policy_gradient.{cls.__name__}.tau")
+    assert got[e.name][tau_key] == tau, (e.name, got[e.name])
+  by_name = {e.name: e.stage for e in built}
+  assert got["ipo_md"]["objectives.OnlinePairwise.beta"] == 0.125
+  assert got["online_ipo"]["objectives.OnlinePairwise.beta"] == 0.0
+  assert got["nash_md_pg"]["policy_gradient.NashMDPG.beta"] == 0.125
+  assert by_name["rlhf"].frozen == {"reference": "sft", "reward": "rm"}
+  assert by_name["nash_md_pg"].frozen == {"reference": "sft",
+                                          "preference": "pm"}
+  assert by_name["offline_ipo"].frozen == {"reference": "sft"}
+  assert template.name == "ipo_md"
+  assert tuple(betas) == (0.0, 0.125, 0.25, 0.5, 1.0)

@@ -1,7 +1,7 @@
 """T5X-style Adafactor on optax, and the learning-rate schedules T5 users expect.
 
 The paper trains with "Adafactor, decay 0.8" at a constant 1e-4
-(ALGORITHMS.md §5.3), i.e. T5X's defaults: factored second moments, decay-rate
+(docs/methods.md, the paper's T5X set-up), i.e. T5X's defaults: factored second moments, decay-rate
 exponent 0.8, update clipping at 1.0, no momentum, and steps scaled by the
 parameter's RMS. `optax.adafactor` implements exactly that; this module fixes
 its defaults and adds the schedules, so gin files bind one function.

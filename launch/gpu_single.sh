@@ -10,7 +10,7 @@ usage: launch/gpu_single.sh MODEL_DIR [extra `ipo-md train` flags...]
   MODEL_DIR   where checkpoints, metrics.jsonl, TensorBoard and config.gin go;
               rerun the same command to resume (finished stages are skipped).
   extra flags e.g. the large job's required values:
-              --gin.INITIAL_CHECKPOINT=/ckpt/t5_large_sft --gin.PREFERENCE=...
+              --gin.INITIAL_CHECKPOINT=/ckpt/t5_large_sft --gin.PREFERENCE_CHECKPOINT=/ckpt/pm_tldr_xl/pm
 
 environment:
   PYTHON      the Python with ipo-md and jax[cuda12] installed (default: python3)

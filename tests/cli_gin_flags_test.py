@@ -126,3 +126,27 @@ def test_gin_files_resolve_from_any_folder(tmp_path, monkeypatch):
   # The includes resolve through the search path too.
   _parse(["--gin.MODEL_DIR=/tmp/unused"], gin_files=("gin/ipo_md_tiny.gin",))
   assert gin.query_parameter("%MODEL_DIR") == "/tmp/unused"
+
+
+def test_a_gin_file_and_its_include_on_a_bucket():
+  """--gin_file=gs://... and an `include` beside it are read through epath
+  (here the in-memory gs:// of tests/checkpoints_fakefs.py, which fails if
+  anything went through pathlib/os); the shipped files still resolve."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  from tests import checkpoints_fakefs  # pylint: disable=g-import-not-at-top
+
+  with checkpoints_fakefs.fake_gcs():
+    epath.Path("gs://bucket/exp/base.gin").write_text(
+        "from __gin__ import dynamic_registration\n"
+        "from ipo_md import losses\n"
+        "losses.ipo_loss.tau = 0.25\n")
+    epath.Path("gs://bucket/exp/run.gin").write_text(
+        "include 'ipo_md_tiny.gin'\n"
+        "include 'gs://bucket/exp/base.gin'\n")
+    _parse(["--gin.MODEL_DIR=gs://bucket/run"],
+           gin_files=("gs://bucket/exp/run.gin",))
+    assert gin.query_parameter("losses.ipo_loss.tau") == 0.25
+    assert gin.query_parameter("%MODEL_DIR") == "gs://bucket/run"
+    with pytest.raises(FileNotFoundError, match="gs://bucket/exp/nope.gin"):
+      gin_flags.resolve("gs://bucket/exp/nope.gin", [])

@@ -118,7 +118,7 @@ class MixtureDistributionTest(parameterized.TestCase):
     self.assertLess(_chisquare(tokens, wrong), P_REJECT)
 
   def test_mixing_logits_equals_mixing_logprobs(self):
-    # ALGORITHMS.md §3: log_softmax((1-b) lp + b lr) is the same distribution
+    # docs/methods.md: log_softmax((1-b) lp + b lr) is the same distribution
     # as softmax((1-b) logits_p + b logits_r).
     beta = 0.3
     t2l = mixture.geometric_mixture(fake(POLICY), fake(REF), beta)

@@ -108,20 +108,52 @@ def _quote_if_bare(value: str) -> str:
     return repr(v)
 
 
+def _is_remote(path: str) -> bool:
+  return "://" in str(path)
+
+
+def _remote_is_file(path: str) -> bool:
+  """Whether `path` is a file on a filesystem epath serves (gs://, ...)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  return _is_remote(path) and epath.Path(path).is_file()
+
+
+def _remote_open(path: str):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  return epath.Path(path).open("r")
+
+
+# gin opens local files itself; a gin file (or an `include`) on a bucket is
+# read through epath, as every other path of a run is.
+gin_config.register_file_reader(_remote_open, _remote_is_file)
+
+
+def _is_file(path: str) -> bool:
+  return _remote_is_file(path) if _is_remote(path) else os.path.isfile(path)
+
+
 def resolve(gin_file: str, search_paths: list[str]) -> str:
   """The path of `gin_file`: as given, else under a search path; a leading
   "gin/" also matches the shipped gin folder (`gin/ipo_md_tiny.gin` works
-  from any folder and in a non-editable install)."""
-  if os.path.isfile(gin_file):
+  from any folder and in a non-editable install). Paths may be local or on
+  a filesystem etils.epath serves (e.g. gs://bucket/exp.gin)."""
+  if _is_file(gin_file):
     return gin_file
+  if _is_remote(gin_file):
+    raise FileNotFoundError(
+        f"gin file {gin_file!r} not found. Check the path and your access to "
+        "it (e.g. `gsutil ls` it).")
   names = [gin_file]
   parts = pathlib.PurePath(gin_file).parts
   if len(parts) > 1 and parts[0] == "gin":
     names.append(os.path.join(*parts[1:]))
   for path in search_paths:
     for name in names:
-      candidate = os.path.join(path, name)
-      if os.path.isfile(candidate):
+      candidate = (path.rstrip("/") + "/" + name if _is_remote(path)
+                   else os.path.join(path, name))
+      if _is_file(candidate):
         return candidate
   raise FileNotFoundError(
       f"gin file {gin_file!r} not found (looked in the current folder and "

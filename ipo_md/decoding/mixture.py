@@ -5,7 +5,7 @@ At every step the mixture samples from
   log_softmax((1 - beta) * log pi_theta(.|x, y_<n) + beta * log pi_ref(.|x, y_<n)),
 
 which equals log_softmax((1 - beta) * logits_theta + beta * logits_ref): the
-per-position normalisers cancel (ALGORITHMS.md §3). beta is the weight on the
+per-position normalisers cancel (docs/methods.md). beta is the weight on the
 *reference* (TRL's `mixture_coef`, the paper's beta): 0 is the policy, 1 the
 reference. It is the token-wise approximation used by the papers, not the
 sequence-level mixture, whose normaliser is intractable.

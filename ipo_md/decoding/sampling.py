@@ -5,7 +5,7 @@ which returns next-token logits, the updated cache and an `aux` dict of
 [B, V] log-prob tables (for example the policy's and the reference's, when the
 callable is a geometric mixture). The sampler records, for every sampled
 token, its log-prob under each aux table, so the train step can reuse the
-reference forward pass of the sampler (ALGORITHMS.md §6.5).
+reference forward pass of the sampler (docs/methods.md).
 
 The loop is a `lax.while_loop` that stops as soon as every row has emitted
 EOS; positions after a row's EOS hold `pad_id`.
@@ -25,7 +25,7 @@ _NEG_INF = -1e10
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-  """How to sample. Temperature is applied after mixing (ALGORITHMS.md §3).
+  """How to sample. Temperature is applied after mixing (docs/methods.md).
 
   Attributes:
     max_decode_length: number of decoding steps T (EOS included).

@@ -410,11 +410,6 @@ def write_vocabulary(path: pathlib.Path | str = VOCAB_PATH) -> None:
 def vocabulary():
   """The task's seqio SentencePiece vocabulary (no extra ids)."""
   import seqio  # pylint: disable=g-import-not-at-top
-  import sentencepiece  # pylint: disable=g-import-not-at-top
-
-  # This word-level model has no normalisation rules, and every load would
-  # print "precompiled_charsmap is empty" (an INFO line) on the console.
-  sentencepiece.set_min_log_level(1)
   return seqio.SentencePieceVocabulary(str(VOCAB_PATH), extra_ids=0)
 
 

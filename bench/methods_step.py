@@ -139,7 +139,9 @@ def bench(shape: Shape, names) -> list[dict]:
     step = jax.jit(functools.partial(step_lib.train_step, objective=objective,
                                      tx=tx, schedule=schedule),
                    donate_argnums=0)
-    state = train_state_lib.create(jax.tree.map(jnp.copy, params), tx, 0)
+    # One buffer per leaf: create() may share one constant between fields
+    # (the guard's counters), and a donated state must not.
+    state = jax.tree.map(jnp.copy, train_state_lib.create(params, tx, 0))
     batch = _batch(shape, kind, rng)
     walls = []
     for _ in range(shape.repeats + 1):

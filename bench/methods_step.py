@@ -35,7 +35,9 @@ scored rows per second.
 import argparse
 import dataclasses
 import functools
+import os
 import statistics
+import sys
 import time
 
 import jax
@@ -57,26 +59,16 @@ from ipo_md.trainer import policy_gradient
 from ipo_md.trainer import step as step_lib
 from ipo_md.trainer import train_state as train_state_lib
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sampler_and_update as sau  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 READOUT = 5  # The learned signals' read-out token (any id of the vocabulary).
 NO_EOS = -1  # An id the sampler never draws: full-length completions.
 
 
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  name: str
-  size: str
-  vocab_size: int
-  prompts: int
-  input_length: int
-  new_tokens: int
-  repeats: int
-
-
-SHAPES = (
-    Shape("tiny", "tiny", 64, 32, 64, 32, repeats=5),
-    Shape("t5-small", "small", config_lib.T5_VOCAB_SIZE, 16, 256, 64,
-          repeats=2),
-)
+# The benchmark shapes of sampler_and_update.py (tiny, T5-small dimensions).
+Shape = sau.Shape
+SHAPES = sau.SHAPES
 
 
 def _objectives(models: models_lib.Models, cfg: sampling.SamplingConfig):

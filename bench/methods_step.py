@@ -122,7 +122,7 @@ def bench(shape: Shape, names) -> list[dict]:
   init = jax.jit(lambda r: scoring.init_params(net, r))
   params, ref, pm, rm = (init(jax.random.key(i)) for i in range(4))
   frozen = types.Frozen(reference=ref, preference=pm, reward=rm)
-  tx, schedule = pipeline.OptimizerConfig(learning_rate=1e-4).build()
+  tx, schedule = pipeline.OptimizerConfig(learning_rate=1e-4).build(num_steps=1)
   rng = np.random.default_rng(0)
   rows = []
   for name, (objective, kind) in _objectives(models, cfg).items():

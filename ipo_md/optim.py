@@ -10,7 +10,7 @@ its defaults and adds the schedules, so gin files bind one function.
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("constant", "warmup_constant", "rsqrt")
+SCHEDULES = ("constant", "warmup_constant", "rsqrt", "warmup_cosine")
 
 
 def make_schedule(
@@ -18,6 +18,7 @@ def make_schedule(
     *,
     base_learning_rate: float,
     warmup_steps: int = 0,
+    decay_steps: int = 0,
 ) -> optax.Schedule:
   """Learning rate as a function of the step.
 
@@ -25,9 +26,13 @@ def make_schedule(
     kind: "constant" (the paper's choice); "warmup_constant" (linear from 0 to
       `base_learning_rate` over `warmup_steps`, then constant); "rsqrt" (T5
       pre-training: `base_learning_rate * rsqrt(max(step, warmup_steps))`,
-      i.e. constant `base/sqrt(warmup)` during warm-up, then decaying).
+      i.e. constant `base/sqrt(warmup)` during warm-up, then decaying);
+      "warmup_cosine" (linear from 0 over `warmup_steps`, then a cosine
+      decay to 0 at step `decay_steps`).
     base_learning_rate: peak learning rate (> 0).
     warmup_steps: length of the warm-up (>= 0; > 0 for "rsqrt").
+    decay_steps: "warmup_cosine" only: the step where the rate reaches 0
+      (> warmup_steps; the stage's num_steps in OptimizerConfig).
 
   Returns:
     An optax schedule.
@@ -50,6 +55,14 @@ def make_schedule(
         ],
         [warmup_steps],
     )
+  if kind == "warmup_cosine":
+    if decay_steps <= warmup_steps:
+      raise ValueError(
+          f"The warmup_cosine schedule decays to 0 at decay_steps="
+          f"{decay_steps}, which must exceed warmup_steps={warmup_steps}.")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=base_learning_rate,
+        warmup_steps=warmup_steps, decay_steps=decay_steps, end_value=0.0)
   if kind == "rsqrt":
     if warmup_steps <= 0:
       raise ValueError(

@@ -74,7 +74,8 @@ def _data(task, kind, split="train"):
 
 
 def _train(objective, params, batches, frozen, lr):
-  tx, schedule = pipeline.OptimizerConfig(learning_rate=lr).build()
+  tx, schedule = pipeline.OptimizerConfig(learning_rate=lr).build(
+      num_steps=len(batches))
   state = train_state_lib.create(params, tx, seed=0)
   step = jax.jit(functools.partial(step_lib.train_step, objective=objective,
                                    tx=tx, schedule=schedule))

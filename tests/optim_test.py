@@ -203,10 +203,15 @@ class ScheduleTest(parameterized.TestCase):
        {0: 0.1, 7: 0.1}),
       ("rsqrt", "rsqrt", 1.0, 100,
        {0: 0.1, 50: 0.1, 100: 0.1, 400: 0.05, 10_000: 0.01}),
+      # Warm-up to 0.2 over 10 steps, then 0.1 (1 + cos(pi t / 100)) for
+      # t = step - 10 of 100 decay steps: 0.2, 0.1 at t = 50, 0 at t = 100.
+      ("warmup_cosine", "warmup_cosine", 0.2, 10,
+       {0: 0.0, 5: 0.1, 10: 0.2, 35: 0.1 * (1 + np.cos(np.pi / 4)),
+        60: 0.1, 110: 0.0, 500: 0.0}),
   )
   def test_values(self, kind, base, warmup, expected):
     schedule = optim.make_schedule(kind, base_learning_rate=base,
-                                   warmup_steps=warmup)
+                                   warmup_steps=warmup, decay_steps=110)
     for step, value in expected.items():
       self.assertAlmostEqual(float(schedule(step)), value, places=6,
                              msg=f"{kind} at step {step}")
@@ -223,6 +228,9 @@ class ScheduleTest(parameterized.TestCase):
                                warmup_steps=-1), "warmup_steps"),
       ("rsqrt_no_warmup", dict(kind="rsqrt", base_learning_rate=1.0),
        "warmup_steps > 0"),
+      ("cosine_too_short", dict(kind="warmup_cosine", base_learning_rate=1.0,
+                                warmup_steps=10, decay_steps=10),
+       "decay_steps=10, which must exceed warmup_steps=10"),
       ("unknown", dict(kind="cosine", base_learning_rate=1.0),
        "Unknown learning-rate schedule 'cosine'"),
   )

@@ -114,6 +114,33 @@ def test_bradley_terry_preference_of_a_reward_model():
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["encoder", "decoder"])
+def test_each_prompt_once_for_several_rows_equals_repeating_the_prompts(
+    layout):
+  # The PM stage scores both orders and the symmetrised signal both orders
+  # with every prompt passed (and, in the decoder layout, encoded) once.
+  lengths = dict(input_length=24, decoder_length=16)
+  pm = learned.PreferenceModel(network=NET, head=learned.PairwiseHead(
+      readout=(62,), template=TEMPLATE, layout=layout, **lengths))
+  rm = learned.RewardModel(network=NET, head=learned.RewardHead(
+      readout=(5,), template=TEMPLATE, layout=layout, **lengths))
+  params = scoring.init_params(NET, jax.random.PRNGKey(5))
+  x, y, yp = _batch(jax.random.PRNGKey(6))
+  a, b = jnp.concatenate([y, yp]), jnp.concatenate([yp, y])
+  np.testing.assert_allclose(pm.logit(params, x, a, b),
+                             pm.logit(params, jnp.concatenate([x, x]), a, b),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(rm(params, x, a),
+                             rm(params, jnp.concatenate([x, x]), a),
+                             rtol=1e-5, atol=1e-6)
+  # The symmetrised signal (prompts shared) against its definition.
+  p_fwd, p_bwd = pm(params, x, y, yp), pm(params, x, yp, y)
+  np.testing.assert_allclose(rollouts.judge(pm, params, x, y, yp),
+                             0.5 * (p_fwd + 1.0 - p_bwd), rtol=1e-6)
+  with pytest.raises(ValueError, match="a multiple of the prompts"):
+    pm.logit(params, x[:5], a, b)
+
+
 @pytest.mark.hf
 def test_text_to_text_pairwise_model_from_hugging_face_gives_transformers_p():
   """A SteamSHP-style model (answers "A" or "B"): import a random HF T5,

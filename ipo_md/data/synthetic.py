@@ -34,6 +34,7 @@ import functools
 import io
 import math
 import pathlib
+import tempfile
 
 from ipo_md.data import errors
 import numpy as np
@@ -389,21 +390,35 @@ def write_vocabulary(path: pathlib.Path | str = VOCAB_PATH) -> None:
   """Trains the word-level SentencePiece model of the task and writes it.
 
   Ids: 0 pad, 1 EOS, 2 unk (T5's layout), then one piece per word.
+
+  The normalisation is one rule the task's ASCII text never meets (the
+  ideographic space U+3000 becomes a space), so tokenisation is the
+  identity's; an empty rule set instead makes every load of the model by
+  TensorFlow's SentencePiece op log "precompiled_charsmap is empty".
   """
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter([" ".join(WORDS)] * 4),
-      model_writer=model,
-      model_type="word",
-      vocab_size=len(WORDS) + 3,
-      pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-      normalization_rule_name="identity",
-      num_threads=1,
-      minloglevel=2,
-  )
-  pathlib.Path(path).write_bytes(model.getvalue())
+  with tempfile.TemporaryDirectory() as tmp:
+    rules = pathlib.Path(tmp) / "rules.tsv"
+    rules.write_text("3000\t20\n")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([" ".join(WORDS)] * 4),
+        model_writer=model,
+        model_type="word",
+        vocab_size=len(WORDS) + 3,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        normalization_rule_tsv=str(rules),
+        num_threads=1,
+        minloglevel=2,
+    )
+  # The temporary rule file's path is recorded in the trainer spec: clear
+  # it, so that rebuilding gives the same bytes.
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(model.getvalue())
+  proto.normalizer_spec.ClearField("normalization_rule_tsv")
+  pathlib.Path(path).write_bytes(proto.SerializeToString())
 
 
 @functools.cache

@@ -18,6 +18,9 @@ class PreferenceSignal(Protocol):
 
   `params` is the signal's own frozen parameter tree (None for signals without
   parameters); the trainer passes it as a separate, non-differentiated input.
+  A signal whose class sets `shares_prompts = True` also accepts b prompts
+  for R * b response rows (row r * b + i answers prompt i) and then encodes
+  each prompt once; callers pass prompts once per row to any other signal.
   """
 
   def __call__(
@@ -42,11 +45,16 @@ def symmetrized(
 
   A learned preference model is not antisymmetric by construction; the theory
   of online IPO (arXiv 2403.08635 Prop. 4.1; docs/methods.md) assumes it is.
-  Both orders are evaluated in one call of `signal` on a doubled batch.
+  Both orders are evaluated in one call of `signal` on a doubled batch; a
+  signal with `shares_prompts = True` (the learned models) gets each prompt
+  once for its two rows and encodes it once.
   """
+  inputs = inputs_BxLi
+  if not getattr(signal, "shares_prompts", False):
+    inputs = jnp.concatenate([inputs_BxLi, inputs_BxLi], axis=0)
   both = signal(
       params,
-      jnp.concatenate([inputs_BxLi, inputs_BxLi], axis=0),
+      inputs,
       jnp.concatenate([y_BxT, yp_BxT], axis=0),
       jnp.concatenate([yp_BxT, y_BxT], axis=0),
   )

@@ -282,13 +282,34 @@ class RewardHead:
           "reward is that token's logit.")
 
 
+def _prompt_rows(inputs_BxLi, responses, what: str) -> int:
+  """R, when the responses have R * b rows for b prompts (row r * b + i is a
+  response to prompt i)."""
+  b, n = inputs_BxLi.shape[0], responses[0].shape[0]
+  if any(r.shape[0] != n for r in responses) or n % b:
+    raise ValueError(
+        f"The {what} got {b} prompts and responses of "
+        f"{[r.shape[0] for r in responses]} rows; each response batch must "
+        "have the same rows, a multiple of the prompts' (row r * b + i "
+        "answers prompt i).")
+  return n // b
+
+
 def read_out(net: network.Transformer, params, head, inputs_BxLi,
              responses, *, what: str) -> jax.Array:
-  """The read-out score of a head on (prompt, response[s]), [B] float32.
+  """The read-out score of a head on (prompt, response[s]), [N] float32.
 
   `responses` is (y,) for a reward head and (y, y') for a pairwise head.
+  The responses may have N = R * b rows for b prompts, row r * b + i
+  answering prompt i (e.g. both orders of each pair): in the "decoder"
+  layout the prompt is then encoded once for its R rows (the decoder's
+  cross-attention reads prompt i for each), with the same result as
+  repeating the prompts.
   """
   t = head.template
+  repeats = _prompt_rows(inputs_BxLi, responses, what)
+  if head.layout == "encoder" and repeats > 1:
+    inputs_BxLi = jnp.concatenate([inputs_BxLi] * repeats, axis=0)
   middle = [t.first, responses[0]]
   if len(responses) == 2:
     middle += [t.second, responses[1]]
@@ -317,6 +338,8 @@ class PreferenceModel:
   network: network.Transformer
   head: PairwiseHead
   role: str = PREFERENCE_ROLE
+  # Accepts b prompts for R * b response rows (see read_out).
+  shares_prompts = True
 
   @property
   def vocab_size(self) -> int:
@@ -346,6 +369,7 @@ class RewardModel:
   network: network.Transformer
   head: RewardHead
   role: str = REWARD_ROLE
+  shares_prompts = True
 
   @property
   def vocab_size(self) -> int:
@@ -375,14 +399,14 @@ class BradleyTerryPreference:
 
   reward_model: RewardModel
   role: str = REWARD_ROLE
+  shares_prompts = True
 
   @property
   def vocab_size(self) -> int:
     return self.reward_model.vocab_size
 
   def __call__(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
-    b = inputs_BxLi.shape[0]
-    both = self.reward_model(
-        params, jnp.concatenate([inputs_BxLi, inputs_BxLi], axis=0),
-        jnp.concatenate([y_BxT, yp_BxT], axis=0))
-    return jax.nn.sigmoid(both[:b] - both[b:])
+    n = y_BxT.shape[0]
+    both = self.reward_model(params, inputs_BxLi,
+                             jnp.concatenate([y_BxT, yp_BxT], axis=0))
+    return jax.nn.sigmoid(both[:n] - both[n:])

@@ -400,8 +400,9 @@ class PreferenceModelTraining:
     pm = self.models.preference
     if self.both_orders:
       n = x.shape[0]
-      logit = pm.logit(params, jnp.concatenate([x, x]),
-                       jnp.concatenate([a, b]), jnp.concatenate([b, a]))
+      # Each prompt once for its two orders (encoded once, decoder layout).
+      logit = pm.logit(params, x, jnp.concatenate([a, b]),
+                       jnp.concatenate([b, a]))
       loss_B, metrics = losses.preference_model_loss(
           logit, jnp.concatenate([q, 1.0 - q]))
       p_fwd, p_bwd = jax.nn.sigmoid(logit[:n]), jax.nn.sigmoid(logit[n:])
@@ -442,8 +443,7 @@ class RewardModelTraining:
     del frozen, rng
     x, a, b, q = _pair_inputs(batch)
     n = x.shape[0]
-    r = self.models.reward(params, jnp.concatenate([x, x]),
-                           jnp.concatenate([a, b]))
+    r = self.models.reward(params, x, jnp.concatenate([a, b]))
     loss_B, metrics = losses.bradley_terry_loss(r[:n], r[n:], q,
                                                 margin=self.margin)
     metrics["rm/reward_mean"] = jnp.mean(r)

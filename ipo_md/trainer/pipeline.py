@@ -51,6 +51,9 @@ class OptimizerConfig:
   learning_rate: float = 1e-4
   schedule: str = "constant"
   warmup_steps: int = 0
+  # "warmup_cosine": the step where the rate reaches 0 (0: the stage's
+  # LoopConfig.num_steps).
+  decay_steps: int = 0
   decay_rate: float = 0.8
   clipping_threshold: float | None = 1.0
 
@@ -70,12 +73,21 @@ class OptimizerConfig:
       raise ValueError(
           f"OptimizerConfig.warmup_steps={self.warmup_steps!r} must be an int "
           ">= 0.")
-    self.build()  # The remaining checks live in optim.
+    if (isinstance(self.decay_steps, bool)
+        or not isinstance(self.decay_steps, int) or self.decay_steps < 0):
+      raise ValueError(
+          f"OptimizerConfig.decay_steps={self.decay_steps!r} must be an int "
+          ">= 0 (0: the stage's num_steps).")
+    # The remaining checks live in optim (the stage's length is not known
+    # here; Stage checks decay_steps against it).
+    self.build(num_steps=max(self.decay_steps, self.warmup_steps + 1))
 
-  def build(self):
+  def build(self, num_steps: int):
+    """(tx, schedule) for a stage of `num_steps` steps."""
     schedule = optim.make_schedule(self.schedule,
                                    base_learning_rate=self.learning_rate,
-                                   warmup_steps=self.warmup_steps)
+                                   warmup_steps=self.warmup_steps,
+                                   decay_steps=self.decay_steps or num_steps)
     tx = optim.adafactor_t5(schedule, decay_rate=self.decay_rate,
                             clipping_threshold=self.clipping_threshold)
     return tx, schedule
@@ -446,7 +458,7 @@ def plan(*, models: dict[str, models_lib.ModelSpec], stages: list[Stage],
     _check_vocabularies(stage, objective, evaluation, frozen, models,
                         noted)
     _check_evaluation_batch(stage, evaluation, mesh)
-    tx, schedule = stage.optimizer.build()
+    tx, schedule = stage.optimizer.build(num_steps=stage.loop.num_steps)
     p = PlannedStage(stage=stage, init=init, frozen=frozen,
                      network=nets[stage.trains], objective=objective,
                      evaluation=evaluation, tx=tx, schedule=schedule)

@@ -40,6 +40,7 @@ import threading
 import time
 from typing import Any
 
+from etils import epath
 import jax
 
 STEP_KEY = "timing/step"
@@ -74,10 +75,11 @@ class TraceWindow:
   the last traced step) so that the trace holds that step's device work.
   """
 
-  def __init__(self, directory: str | pathlib.Path, start: int, stop: int):
+  def __init__(self, directory: str | pathlib.Path | epath.Path, start: int,
+               stop: int):
     if not 0 <= start <= stop:
       raise ValueError(f"TraceWindow: need 0 <= start={start} <= stop={stop}.")
-    self.directory = pathlib.Path(directory)
+    self.directory = epath.Path(directory)  # Local or a bucket.
     self.start, self.stop = start, stop
     self.active = False
     self.done = False
@@ -100,7 +102,7 @@ class TraceWindow:
       jax.profiler.stop_trace()
       self.active, self.done = False, True
 
-  def trace_files(self) -> list[pathlib.Path]:
+  def trace_files(self) -> list[epath.Path]:
     return sorted(self.directory.glob("plugins/profile/*/*.xplane.pb"))
 
 

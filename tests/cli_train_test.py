@@ -77,6 +77,9 @@ def _train_cmd(model_dir, *flags):
      r"(.|\n)*Check the names in your gin files and --gin.\* bindings"),
     ("--gin.losses.ipo_los.tau=1",
      r"No configurable matching 'losses.ipo_los'(.|\n)*Check the names"),
+    ("--profile_steps=5",
+     r"--profile_steps='5' must be A:B with integers 0 <= A <= B .*e\.g\. "
+     r"--profile_steps=10:12"),
 ])
 def test_gin_mistakes_name_the_thing_and_the_fix(tmp_path, flag, expected):
   model_dir = tmp_path / "run"
@@ -223,10 +226,11 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
   assert _checkpoint_steps(model_dir / "pm") == [2]
 
   # 2. Rerun (with fewer steps): SFT and the PM are skipped, IPO-MD resumes
-  # and finishes.
+  # and finishes, with a profiler trace of its two steps.
   final = stopped_at + 2
   resumed = subprocess.run(
-      _train_cmd(model_dir, f"--gin.ipo_md/loop.LoopConfig.num_steps={final}"),
+      _train_cmd(model_dir, f"--gin.ipo_md/loop.LoopConfig.num_steps={final}",
+                 f"--profile_steps={stopped_at + 1}:{final}"),
       cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
       check=False)
   out = resumed.stdout
@@ -236,6 +240,10 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
   assert (f"[ipo_md] resumed from {model_dir / 'ipo_md' / 'checkpoints'}/"
           f"{stopped_at} (data position {stopped_at}).") in out, out
   assert f"[ipo_md] done: {final} steps" in out, out
+  profile = model_dir / "ipo_md" / "profile"
+  assert (f"[ipo_md] profiler trace of steps {stopped_at + 1}-{final}: "
+          f"{profile}") in out, out
+  assert list(profile.glob("plugins/profile/*/*.xplane.pb")), "no trace"
   for stage in ("sft", "pm", "ipo_md"):
     assert f"checkpoints {model_dir / stage / 'checkpoints'}" in out, out
     assert f"metrics     {model_dir / stage / 'metrics.jsonl'}" in out, out

@@ -4,6 +4,7 @@ parity on fake devices, exact resume, and errors before long work."""
 import functools
 import os
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -119,12 +120,13 @@ def _run_on_mesh(mesh, steps=3):
                   out_shardings=state_shard)()
   ref = types.Frozen(reference=jax.device_put(_params(1), p_shard))
   batch_shard = partitioning.batch_sharding(mesh)
-  step = jax.jit(functools.partial(step_lib.train_step,
-                                   objective=_objective(), tx=tx,
-                                   schedule=schedule),
-                 in_shardings=(state_shard, batch_shard,
-                               types.Frozen(reference=p_shard)),
-                 out_shardings=(state_shard, rep), donate_argnums=(0,))
+  # Compiled as the Trainer compiles it: activation constraints active.
+  step = partitioning.sharded_jit(
+      functools.partial(step_lib.train_step, objective=_objective(), tx=tx,
+                        schedule=schedule), mesh,
+      in_shardings=(state_shard, batch_shard,
+                    types.Frozen(reference=p_shard)),
+      out_shardings=(state_shard, rep), donate_argnums=(0,))
   batch = {"inputs": jax.device_put(_prompts(8), batch_shard)}
   losses_ = []
   for _ in range(steps):
@@ -176,6 +178,38 @@ def _trainer(directory, num_steps, *, mesh=None, model=MODEL, batch_size=8,
       frozen=types.Frozen(reference=jax.device_put(ref, p_shard)),
       frozen_shardings=types.Frozen(reference=p_shard),
       init_params=lambda: scoring.init_params(model, jax.random.PRNGKey(0)))
+
+
+def test_trainer_step_carries_activation_and_optimizer_shardings(tmp_path):
+  # The Trainer traces its step under the logical axis rules (the layers'
+  # constraints reach the program) and shards Adafactor's factored moments
+  # from the parameters' logical axes.
+  if len(jax.devices()) < 8:
+    pytest.skip("needs the 8 fake CPU devices of conftest")
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, model=4))
+  trainer = _trainer(tmp_path, 1, mesh=mesh)
+  batch = {"inputs": jax.ShapeDtypeStruct((8, 64), jnp.int32,
+                                          sharding=trainer.batch_sharding)}
+  frozen = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      trainer.frozen, types.Frozen(reference=trainer.param_shardings))
+  text = trainer._step_fn.lower(trainer.abstract_state, batch,
+                                frozen).as_text()
+  constraints = re.findall(
+      r"sdy\.sharding_constraint %\S+ <@\w+, (\[[^\]]*\])> : "
+      r"(tensor<[^>]*>)", text)
+  # The encoder's MLP hidden activation [prompts, 64, mlp]: batch on "data",
+  # mlp on "model".
+  assert ('[{"data"}, {}, {"model"}]', "tensor<8x64x64xf32>") in constraints, (
+      sorted(set(constraints)))
+  # Adafactor's second moment of the (embed, mlp) kernel (unfactored below
+  # 128) is sharded like the kernel; its (1,) placeholders are replicated.
+  mlp = lambda tree: tree["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  moments = trainer.state_shardings.opt_state[0]
+  spec = jax.sharding.PartitionSpec(None, "model")
+  assert mlp(trainer.state_shardings.params).spec == spec
+  assert mlp(moments.v).spec == spec
+  assert mlp(moments.v_col).spec == jax.sharding.PartitionSpec()
 
 
 @pytest.mark.slow

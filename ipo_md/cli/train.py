@@ -19,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def train(*, model_dir: str, stages: list, model_config=None,
           initial_checkpoint: str | None = None, models: dict | None = None,
-          mesh_config=None, dry_run: bool = False) -> dict:
+          mesh_config=None, dry_run: bool = False,
+          profile_steps: tuple[int, int] | None = None) -> dict:
   """Trains `stages` in order in `model_dir` (see ipo_md.trainer.pipeline).
 
   Args:
@@ -33,6 +34,8 @@ def train(*, model_dir: str, stages: list, model_config=None,
     dry_run: plan and check every stage, build every train state abstractly
       on the mesh (shapes, shardings, sizes; no memory, no data, no
       checkpoint reads), print it and return it.
+    profile_steps: (A, B): a JAX profiler trace of steps A..B of every stage
+      that runs them, in MODEL_DIR/<stage>/profile (--profile_steps=A:B).
   """
   import gin  # pylint: disable=g-import-not-at-top
 
@@ -69,7 +72,8 @@ def train(*, model_dir: str, stages: list, model_config=None,
     _describe(specs, planned, mesh, directory)
     start = time.time()
     results = pipeline.run(model_dir=str(directory), models=specs,
-                           stages=stages, mesh=mesh, planned=planned)
+                           stages=stages, mesh=mesh, planned=planned,
+                           profile_steps=profile_steps)
   _summary(directory, stages, results, time.time() - start)
   return results
 
@@ -251,7 +255,18 @@ def _main(argv: list[str]) -> int:
       "--multihost", action="store_true",
       help="Call jax.distributed.initialize() first (every host of a TPU pod "
       "or a multi-node GPU job runs the same command; see launch/).")
+  parser.add_argument(
+      "--profile_steps", default="", metavar="A:B",
+      help="Write a JAX profiler trace (TensorBoard's profile plugin or "
+      "Perfetto) of steps A to B of each stage to MODEL_DIR/<stage>/profile, "
+      "e.g. --profile_steps=10:12.")
   args = parser.parse_args(argv)
+  from ipo_md import profiling  # pylint: disable=g-import-not-at-top
+
+  try:
+    profile_steps = profiling.parse_profile_steps(args.profile_steps)
+  except ValueError as e:
+    raise SystemExit(f"ipo-md train: {e}") from None
   if args.multihost:
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -274,7 +289,10 @@ def _main(argv: list[str]) -> int:
     return 0
   configured = gin.get_configurable(train)
   try:
-    configured(**({"dry_run": True} if args.dry_run else {}))
+    if args.dry_run:
+      configured(dry_run=True)
+    else:
+      configured(profile_steps=profile_steps)
   except (ValueError, TypeError, RuntimeError) as e:
     if "REQUIRED" in str(e) or "Required bindings" in str(e):
       raise SystemExit(

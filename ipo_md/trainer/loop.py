@@ -6,6 +6,7 @@ divergence guard's stop, and a clean stop on SIGTERM or SIGINT (a preempted
 VM) that writes a checkpoint first.
 """
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -17,6 +18,7 @@ import optax
 
 from ipo_md import checkpoints
 from ipo_md import partitioning
+from ipo_md import profiling
 from ipo_md import types
 from ipo_md.checkpoints import paths
 from ipo_md.data import pipeline
@@ -94,8 +96,8 @@ def abstract_train_state(net: network_lib.Transformer,
   rep = partitioning.replicated(mesh)
   state_shardings = train_state_lib.TrainState(
       step=rep, params=param_shardings,
-      opt_state=partitioning.like_params_shardings(
-          abstract_state.opt_state, param_shardings, abstract_params, mesh),
+      opt_state=partitioning.opt_state_shardings(
+          tx, scoring.abstract_params(net), mesh),
       rng=rep, skipped=rep, nonfinite_step=rep, nonfinite_what=rep)
   return (checkpoints.abstract_with_shardings(abstract_state, state_shardings),
           state_shardings, param_shardings)
@@ -145,8 +147,10 @@ class Trainer:
                frozen_shardings: types.Frozen = types.Frozen(),
                init_params: Callable[[], Any] | None = None,
                evaluation: Callable[[Any, Any], dict] | None = None,
-               meta: dict | None = None, rows_per_step: int | None = None):
+               meta: dict | None = None, rows_per_step: int | None = None,
+               profile_steps: tuple[int, int] | None = None):
     check_batch(data, loop, mesh)
+    self.profile_steps = profile_steps
     self.name, self.network, self.mesh = name, network, mesh
     self.data, self.loop = data, loop
     self.directory = paths.as_path(directory)
@@ -159,11 +163,14 @@ class Trainer:
     (self.abstract_state, self.state_shardings,
      self.param_shardings) = abstract_train_state(network, tx, mesh, loop.seed)
     self.batch_sharding = partitioning.batch_sharding(mesh)
-    self._step_fn = jax.jit(
+    # Traced under the logical axis rules: the layers' activation
+    # constraints take effect on the mesh.
+    self._step_fn = partitioning.sharded_jit(
         functools.partial(step_lib.train_step, objective=objective, tx=tx,
                           schedule=schedule,
                           num_microbatches=loop.num_microbatches,
                           guard=loop.guard),
+        mesh,
         in_shardings=(self.state_shardings, self.batch_sharding,
                       frozen_shardings),
         out_shardings=(self.state_shardings, partitioning.replicated(mesh)),
@@ -251,10 +258,25 @@ class Trainer:
       last = self.evaluate(state)
       self.log.write(0, last)
     pending, previous = None, None
-    with stopping.StopSignals() as stop:
+    trace = None
+    if self.profile_steps is not None and jax.process_index() == 0:
+      trace = profiling.TraceWindow(self.directory / "profile",
+                                    *self.profile_steps)
+    with stopping.StopSignals() as stop, _closing(trace):
       while step < self.loop.num_steps and not self._stop_agreed(stop):
-        state, metrics = self._step_fn(state, self._batch(it), self.frozen)
+        batch = self._batch(it)
+        if trace is not None:
+          trace.before_step(step + 1)
+        state, metrics = self._step_fn(state, batch, self.frozen)
         step += 1
+        if trace is not None:
+          trace.after_step(step, metrics)
+          if trace.done:
+            print(f"[{self.name}] profiler trace of steps "
+                  f"{trace.start}-{trace.stop}: {trace.directory} (open with "
+                  f"tensorboard --logdir {trace.directory}, or Perfetto)",
+                  flush=True)
+            trace = None
         if pending is not None:  # Read step n-1's metrics after dispatching n.
           last = self._write(*pending)
         if _halted(previous):  # Step n-1 halted; step n left the state as is.
@@ -374,6 +396,16 @@ def check_same_data(meta: dict, data: pipeline.DataConfig, where: str) -> None:
         "order. Set DataConfig back to the saved values to resume (the mesh "
         "and the number of hosts may change), or train the new data in a "
         "new stage or a fresh MODEL_DIR.")
+
+
+@contextlib.contextmanager
+def _closing(trace):
+  """Stops a profiler trace still open when the loop ends or raises."""
+  try:
+    yield
+  finally:
+    if trace is not None:
+      trace.close()
 
 
 def _halted(metrics) -> bool:

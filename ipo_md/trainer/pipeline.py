@@ -643,7 +643,8 @@ def _jsonable(x):
   return x
 
 
-def _trainer(p: PlannedStage, model_dir, specs, sources, mesh):
+def _trainer(p: PlannedStage, model_dir, specs, sources, mesh,
+             profile_steps=None):
   stage = p.stage
   frozen = {role: sources.get(src, role) for role, src in p.frozen.items()}
   frozen_shardings = {
@@ -661,13 +662,18 @@ def _trainer(p: PlannedStage, model_dir, specs, sources, mesh):
       frozen=types.Frozen(**frozen),
       frozen_shardings=types.Frozen(**frozen_shardings),
       init_params=init_params, evaluation=evaluation, meta=_meta(p, specs),
-      rows_per_step=stage.data.batch_size * p.objective.rows_per_example)
+      rows_per_step=stage.data.batch_size * p.objective.rows_per_example,
+      profile_steps=profile_steps)
 
 
 def run(*, model_dir: str, models: dict[str, models_lib.ModelSpec],
         stages: list[Stage], mesh: jax.sharding.Mesh,
-        planned: list[PlannedStage] | None = None) -> dict:
-  """Runs the stages in order; returns {stage name: last metrics}."""
+        planned: list[PlannedStage] | None = None,
+        profile_steps: tuple[int, int] | None = None) -> dict:
+  """Runs the stages in order; returns {stage name: last metrics}.
+
+  `profile_steps` (A, B): every stage that runs steps A..B writes a JAX
+  profiler trace of them to MODEL_DIR/<stage>/profile."""
   planned = planned or plan(models=models, stages=stages, mesh=mesh)
   check_initial_checkpoints(planned, models)
   progress = check_progress(model_dir, planned)
@@ -681,7 +687,8 @@ def run(*, model_dir: str, models: dict[str, models_lib.ModelSpec],
         print(f"[{p.stage.name}] already finished in {model_dir}/"
               f"{p.stage.name}; skipping.", flush=True)
         continue
-      _run_stage(p, model_dir, models, sources, mesh, results)
+      _run_stage(p, model_dir, models, sources, mesh, results,
+                 profile_steps)
       if results[p.stage.name].get("stopped_by"):
         return results
       sources.release(_needed_after(planned, index))
@@ -699,9 +706,9 @@ def _stopped_before(stage: Stage, stop, results: dict) -> bool:
 
 
 def _run_stage(p: PlannedStage, model_dir, models, sources, mesh,
-               results: dict) -> None:
+               results: dict, profile_steps=None) -> None:
   stage = p.stage
-  trainer = _trainer(p, model_dir, models, sources, mesh)
+  trainer = _trainer(p, model_dir, models, sources, mesh, profile_steps)
   try:
     start = time.time()
     _, last = trainer.run()

@@ -18,6 +18,7 @@ Not a test: it prints one table (docs/methods.md lists the methods).
 
   python bench/methods_step.py --quick    # tiny shape, few repeats
   python bench/methods_step.py            # tiny and T5-small shapes
+  python bench/methods_step.py --shapes=t5-small --repeats=1
 
 Each method's step is the trainer's own: `ipo_md.trainer.step.train_step`
 with the method's objective (sampling, labelling, the loss, its gradient and
@@ -122,7 +123,8 @@ def bench(shape: Shape, names) -> list[dict]:
   init = jax.jit(lambda r: scoring.init_params(net, r))
   params, ref, pm, rm = (init(jax.random.key(i)) for i in range(4))
   frozen = types.Frozen(reference=ref, preference=pm, reward=rm)
-  tx, schedule = pipeline.OptimizerConfig(learning_rate=1e-4).build(num_steps=1)
+  tx, schedule = pipeline.OptimizerConfig(learning_rate=1e-4).build(
+      num_steps=1)
   rng = np.random.default_rng(0)
   rows = []
   for name, (objective, kind) in _objectives(models, cfg).items():
@@ -155,6 +157,12 @@ def main(argv=None):
                       help="tiny shape only, 2 timed steps")
   parser.add_argument("--methods", default="",
                       help="comma-separated subset of the methods")
+  parser.add_argument("--shapes", default="",
+                      help="comma-separated subset of the shapes "
+                      f"({', '.join(s.name for s in SHAPES)})")
+  parser.add_argument("--repeats", type=int, default=0,
+                      help="timed steps after the first (default: the "
+                      "shape's)")
   args = parser.parse_args(argv)
   names = set(args.methods.split(",")) if args.methods else {
       "online_ipo", "ipo_md", "online_dpo", "online_slic", "nash_md_pg",
@@ -162,6 +170,15 @@ def main(argv=None):
   shapes = SHAPES[:1] if args.quick else SHAPES
   if args.quick:
     shapes = [dataclasses.replace(shapes[0], repeats=2)]
+  if args.shapes:
+    wanted = args.shapes.split(",")
+    unknown = set(wanted) - {s.name for s in SHAPES}
+    if unknown:
+      parser.error(f"--shapes: unknown {sorted(unknown)}; choose from "
+                   f"{[s.name for s in SHAPES]}")
+    shapes = [s for s in shapes if s.name in wanted]
+  if args.repeats:
+    shapes = [dataclasses.replace(s, repeats=args.repeats) for s in shapes]
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; "
         "one device, the trainer's step (sample, label, loss, grad, "
         "Adafactor)")

@@ -16,6 +16,8 @@ from ipo_md.model import config as config_lib
 from ipo_md.model import network
 from ipo_md.model import scoring
 from ipo_md.preference import learned
+from ipo_md.trainer import models as models_lib
+from ipo_md.trainer import objectives
 
 CFG = config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8,
                           mlp_dim=64, num_encoder_layers=1,
@@ -139,6 +141,53 @@ def test_each_prompt_once_for_several_rows_equals_repeating_the_prompts(
                              0.5 * (p_fwd + 1.0 - p_bwd), rtol=1e-6)
   with pytest.raises(ValueError, match="a multiple of the prompts"):
     pm.logit(params, x[:5], a, b)
+
+
+def _cross_entropy(logit, q):
+  logit, q = np.asarray(logit, np.float64), np.asarray(q, np.float64)
+  return -q * np.log(1 / (1 + np.exp(-logit))) - (1 - q) * np.log(
+      1 / (1 + np.exp(logit)))
+
+
+@pytest.mark.parametrize("orders", ["both", "random", "given"])
+def test_pm_training_loss_is_cross_entropy_on_the_chosen_orders(orders):
+  pm = learned.PreferenceModel(network=NET, head=learned.PairwiseHead(
+      input_length=16, decoder_length=16, readout=(62,), template=TEMPLATE,
+      layout="decoder"))
+  objective = objectives.PreferenceModelTraining(
+      models=models_lib.Models(policy=NET, preference=pm), orders=orders)
+  params = scoring.init_params(NET, jax.random.PRNGKey(7))
+  x, a, b = _batch(jax.random.PRNGKey(8), b=16)
+  q = jnp.linspace(0.0, 1.0, 16)
+  rng = jax.random.PRNGKey(9)
+  loss, metrics = jax.jit(objective.loss)(
+      params, None, dict(inputs=x, chosen=a, rejected=b, label=q), rng)
+  fwd = _cross_entropy(pm.logit(params, x, a, b), q)
+  bwd = _cross_entropy(pm.logit(params, x, b, a), 1 - q)
+  if orders == "both":
+    expected = np.mean(np.concatenate([fwd, bwd]))
+  elif orders == "given":
+    expected = np.mean(fwd)
+  else:  # Each pair in one order, swapped with probability 1/2.
+    swap = np.asarray(jax.random.bernoulli(rng, 0.5, (16,)))
+    assert 0 < swap.sum() < 16, "both orders occur"
+    expected = np.mean(np.where(swap, bwd, fwd))
+    # A different step's key draws other orders.
+    other, _ = jax.jit(objective.loss)(
+        params, None, dict(inputs=x, chosen=a, rejected=b, label=q),
+        jax.random.PRNGKey(10))
+    assert abs(float(other) - float(loss)) > 1e-6
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  assert 0.0 <= float(metrics["pm/accuracy"]) <= 1.0
+
+
+def test_pm_training_orders_are_checked():
+  pm = learned.PreferenceModel(network=NET, head=learned.PairwiseHead(
+      input_length=16, readout=(62,)))
+  with pytest.raises(ValueError, match=r"orders='shuffled'; choose one of "
+                     r"\('both', 'random', 'given'\)"):
+    objectives.PreferenceModelTraining(
+        models=models_lib.Models(policy=NET, preference=pm), orders="shuffled")
 
 
 @pytest.mark.hf

@@ -365,6 +365,8 @@ def _pair_inputs(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array,
 
 pair_inputs = _pair_inputs
 
+PM_ORDERS = ("both", "random", "given")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PreferenceModelTraining:
@@ -373,12 +375,16 @@ class PreferenceModelTraining:
 
   Attributes:
     models: the run's models (its `preference` is the model trained).
-    both_orders: also train on (rejected, chosen) with label 1 - q, so the
-      model sees each response in both positions (the default).
+    orders: which orders of each pair (a, b) with label q it trains on:
+      "both" (the default): (a, b) with q and (b, a) with 1 - q, so each
+      response is seen in both positions; "random": one of the two, drawn
+      per pair and step with probability 1/2 (half the rows per pair, so a
+      batch of the same cost holds twice the pairs); "given": (a, b) only,
+      in the data's order.
   """
 
   models: models_lib.Models
-  both_orders: bool = True
+  orders: str = "both"
   batch_kind = PAIRS_KIND
   reads = ()
   rows_per_example = 1
@@ -389,16 +395,20 @@ class PreferenceModelTraining:
           "PreferenceModelTraining trains models['preference'], which the "
           "run does not declare; add models['preference'] = ModelSpec("
           "config=..., head=@learned.PairwiseHead()).")
+    if self.orders not in PM_ORDERS:
+      raise ValueError(
+          f"PreferenceModelTraining.orders={self.orders!r}; choose one of "
+          f"{PM_ORDERS}.")
 
   def prepare(self, params, frozen, batch, rng):
     del params, frozen, rng
     return batch, {}
 
   def loss(self, params, frozen, batch, rng):
-    del frozen, rng
+    del frozen
     x, a, b, q = _pair_inputs(batch)
     pm = self.models.preference
-    if self.both_orders:
+    if self.orders == "both":
       n = x.shape[0]
       # Each prompt once for its two orders (encoded once, decoder layout).
       logit = pm.logit(params, x, jnp.concatenate([a, b]),
@@ -407,9 +417,14 @@ class PreferenceModelTraining:
           logit, jnp.concatenate([q, 1.0 - q]))
       p_fwd, p_bwd = jax.nn.sigmoid(logit[:n]), jax.nn.sigmoid(logit[n:])
       metrics["pm/asymmetry"] = jnp.mean(jnp.abs(p_fwd + p_bwd - 1.0))
-    else:
-      loss_B, metrics = losses.preference_model_loss(pm.logit(params, x, a, b),
-                                                     q)
+      return jnp.mean(loss_B), metrics
+    if self.orders == "random":
+      swap_B = jax.random.bernoulli(rng, 0.5, q.shape)
+      a, b = (jnp.where(swap_B[:, None], b, a),
+              jnp.where(swap_B[:, None], a, b))
+      q = jnp.where(swap_B, 1.0 - q, q)
+    loss_B, metrics = losses.preference_model_loss(pm.logit(params, x, a, b),
+                                                   q)
     return jnp.mean(loss_B), metrics
 
 

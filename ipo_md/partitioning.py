@@ -129,31 +129,6 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size"):
     )
 
 
-def like_params_shardings(abstract_tree: Any, params_shardings: Any,
-                          abstract_params: Any, mesh: Mesh) -> Any:
-  """Shardings for a tree (e.g. optimizer state) whose leaves mirror params.
-
-  A leaf whose key path ends with a parameter's path and has that parameter's
-  shape gets the parameter's sharding; everything else (counters, factored
-  Adafactor statistics, which are small) is replicated.
-  """
-  by_path = {}
-  for (path, shard), leaf in zip(
-      jax.tree_util.tree_flatten_with_path(params_shardings)[0],
-      jax.tree_util.tree_leaves(abstract_params)):
-    by_path[tuple(str(k) for k in path)] = (tuple(leaf.shape), shard)
-
-  def one(path, leaf):
-    keys = tuple(str(k) for k in path)
-    for n in range(len(keys)):
-      hit = by_path.get(keys[n:])
-      if hit is not None and hit[0] == tuple(getattr(leaf, "shape", ())):
-        return hit[1]
-    return replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(one, abstract_tree)
-
-
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules=LOGICAL_RULES):
   """Makes the layers' logical sharding constraints take effect.

@@ -140,7 +140,7 @@ def reward(signal, params, inputs_BxS: jax.Array,
     raise ValueError(
         f"{y_RBxT.shape[0]} completions are not a multiple of the "
         f"{inputs_BxS.shape[0]} prompts.")
-  if not getattr(signal, "shares_prompts", False):
+  if not preference_base.shares_prompts(signal):
     inputs_BxS = tile_prompts(inputs_BxS, repeats)
   r = signal(params, inputs_BxS, y_RBxT)
   return jax.lax.stop_gradient(r.astype(jnp.float32))

@@ -50,7 +50,7 @@ def symmetrized(
   once for its two rows and encodes it once.
   """
   inputs = inputs_BxLi
-  if not getattr(signal, "shares_prompts", False):
+  if not shares_prompts(signal):
     inputs = jnp.concatenate([inputs_BxLi, inputs_BxLi], axis=0)
   both = signal(
       params,
@@ -81,3 +81,9 @@ def params_for(signal, frozen: types.Frozen) -> types.PyTree:
   """The parameter tree of `signal` in a stage's frozen models."""
   name = role(signal)
   return None if name is None else getattr(frozen, name)
+
+
+def shares_prompts(signal) -> bool:
+  """Whether `signal` takes b prompts for R * b response rows (row r * b + i
+  answers prompt i) and encodes each once; see PreferenceSignal."""
+  return bool(getattr(signal, "shares_prompts", False))

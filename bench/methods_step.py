@@ -187,7 +187,7 @@ def main(argv=None):
   for shape in shapes:
     for r in bench(shape, names):
       print(f"| {r['method']} | {r['shape']} | {r['first_s']:.1f} | "
-            f"{r['step_ms']:.1f} | {r['rows_per_s']:.0f} |", flush=True)
+            f"{r['step_ms']:.1f} | {r['rows_per_s']:.3g} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -114,12 +114,16 @@ def _guard(state, new, loss, grads, guard: GuardConfig):
     halt_now = ~halted & ~ok
     advance = ~halted & ok
   apply = advance & ok
-  pick = lambda a, b: jax.tree_util.tree_map(
-      lambda x, y: jnp.where(apply, x, y), a, b)
+  # One conditional for the whole tree, not a select per leaf: with a select
+  # per leaf, XLA's CPU fusion pass ran superlinearly in the depth (an
+  # 8-layer model's step compiled in 118 s instead of 21 s).
+  params, opt_state = jax.lax.cond(
+      apply, lambda: (new.params, new.opt_state),
+      lambda: (state.params, state.opt_state))
   return state.replace(
       step=jnp.where(advance, state.step + 1, state.step),
-      params=pick(new.params, state.params),
-      opt_state=pick(new.opt_state, state.opt_state),
+      params=params,
+      opt_state=opt_state,
       skipped=jnp.where(halted | halt_now, state.skipped, skipped),
       nonfinite_step=jnp.where(halt_now, state.step, state.nonfinite_step),
       nonfinite_what=jnp.where(halt_now, what, state.nonfinite_what),

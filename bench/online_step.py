@@ -30,8 +30,10 @@ One online step, as the trainer runs it:
   3. update: teacher-forced policy log-probs of y and y', the soft-label IPO
      loss, its gradient and one Adafactor step.
 ipo_md runs the phases as three jitted functions, chained without a host
-sync, and splits the step's time with `ipo_md.profiling.PhaseTimer` (the
-trainer's method); PyTorch runs the same phases eagerly (bench/hf_loops.py).
+sync, and splits the step's time with `ipo_md.profiling.PhaseTimer` (as the
+Trainer does with `LoopConfig.phase_timing=True`; these phases are a lean
+version of `ipo_md.trainer.step`'s, without its divergence guard);
+PyTorch runs the same phases eagerly (bench/hf_loops.py).
 """
 
 import argparse

@@ -150,16 +150,20 @@ def activation_sharding(mesh: Mesh, rules=LOGICAL_RULES):
     yield
 
 
-def sharded_jit(fn: Callable, mesh: Mesh, *, in_shardings, out_shardings,
-                donate_argnums=(), static_argnums=(), rules=LOGICAL_RULES
-                ) -> Callable:
+_UNSET = object()
+
+
+def sharded_jit(fn: Callable, mesh: Mesh, *, in_shardings=_UNSET,
+                out_shardings=_UNSET, donate_argnums=(), static_argnums=(),
+                rules=LOGICAL_RULES) -> Callable:
   """`jax.jit` with shardings, tracing `fn` under `activation_sharding`.
 
   Args:
     fn: the function to compile (e.g. a train step).
     mesh: the device mesh.
     in_shardings / out_shardings / donate_argnums / static_argnums: as for
-      `jax.jit`.
+      `jax.jit`; in_shardings / out_shardings left out: the arguments' own
+      shardings / the compiler's choice.
     rules: the logical -> mesh axis rules (default LOGICAL_RULES).
 
   Returns:
@@ -171,9 +175,11 @@ def sharded_jit(fn: Callable, mesh: Mesh, *, in_shardings, out_shardings,
     with activation_sharding(mesh, rules):
       return fn(*args, **kwargs)
 
-  return jax.jit(traced, in_shardings=in_shardings,
-                 out_shardings=out_shardings, donate_argnums=donate_argnums,
-                 static_argnums=static_argnums)
+  given = {k: v for k, v in (("in_shardings", in_shardings),
+                              ("out_shardings", out_shardings))
+           if v is not _UNSET}
+  return jax.jit(traced, donate_argnums=donate_argnums,
+                 static_argnums=static_argnums, **given)
 
 
 def _mesh_specs(boxed_abstract_params, mesh: Mesh, rules):

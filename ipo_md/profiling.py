@@ -140,6 +140,8 @@ class PhaseTimer:
   def __init__(self, max_pending: int = 8):
     self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
     self._results: collections.deque = collections.deque()
+    self._timed = threading.Condition()
+    self._last_step: int | None = None
     self._current: _Step | None = None
     self._last_ready: float | None = None
     self._error: BaseException | None = None
@@ -175,6 +177,16 @@ class PhaseTimer:
       out.append(self._results.popleft())
     return out
 
+  def wait(self, step: int, timeout: float = 60.0) -> None:
+    """Waits until the watcher has timed every step up to `step`. Call it
+    for a step whose outputs are known to be ready (e.g. after reading its
+    metrics): then it waits only for the watcher, not for the device."""
+    with self._timed:
+      self._timed.wait_for(
+          lambda: self._error is not None or (
+              self._last_step is not None and self._last_step >= step),
+          timeout=timeout)
+
   def close(self) -> list[dict[str, float]]:
     """Waits for the pending steps and returns their timings."""
     self._queue.put(None)
@@ -184,9 +196,15 @@ class PhaseTimer:
   def _watch(self) -> None:
     try:
       while (item := self._queue.get()) is not None:
-        self._results.append(self._time(item))
+        timing = self._time(item)
+        with self._timed:
+          self._results.append(timing)
+          self._last_step = item.step
+          self._timed.notify_all()
     except BaseException as e:  # pylint: disable=broad-except
-      self._error = e
+      with self._timed:
+        self._error = e
+        self._timed.notify_all()
 
   def _time(self, item: _Step) -> dict[str, float]:
     timing = {"step": item.step}

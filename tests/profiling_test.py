@@ -93,6 +93,19 @@ class PhaseTimerTest(absltest.TestCase):
       self.assertAlmostEqual(parts, t[profiling.STEP_KEY], places=9)
       self.assertGreaterEqual(min(t[k] for k in t if k != "step"), 0.0)
 
+  def test_wait_returns_once_the_step_is_timed(self):
+    timer = profiling.PhaseTimer()
+    x = jnp.ones((256, 256))
+    for step in range(1, 4):
+      timer.begin(step)
+      x = _double(x)
+      timer.phase("update", x)
+      timer.end()
+    jax.block_until_ready(x)
+    timer.wait(3)
+    self.assertEqual([t["step"] for t in timer.poll()], [1, 2, 3])
+    self.assertEqual(timer.close(), [])
+
   def test_misuse_is_named(self):
     timer = profiling.PhaseTimer()
     with self.assertRaisesRegex(ValueError, "outside begin"):

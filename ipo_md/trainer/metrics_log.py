@@ -21,6 +21,11 @@ _CONSOLE_KEYS = ("loss", "nll_per_token", "rewards/margin", "preference/mean",
                  "eval/accuracy", "eval/gold_agreement", "eval/gold_accuracy",
                  "eval/ece", "eval/policy/covered", "eval/policy/invented")
 
+# The per-step device time of each phase and the host time (the Trainer's
+# profiling.PhaseTimer), shown on the console line in milliseconds.
+_PHASE_KEYS = ("timing/sample", "timing/preference", "timing/update",
+               "timing/device", "timing/host")
+
 
 class MetricsLog:
   """Writes each logged step to the console, metrics.jsonl and TensorBoard.
@@ -104,6 +109,10 @@ class MetricsLog:
       if k in scalars and math.isfinite(scalars[k]):
         parts.append(f"{k.split('/')[-1] if k.startswith('eval/policy') else k}"
                      f"={scalars[k]:.4g}")
+    phases = [(k.split("/")[1], scalars[k]) for k in _PHASE_KEYS
+              if k in scalars]
+    if phases:
+      parts.append(" ".join(f"{name} {1e3 * v:.0f}ms" for name, v in phases))
     rate = scalars.get("timing/steps_per_sec")
     if rate:
       eta = (self.total_steps - step) / rate

@@ -59,7 +59,15 @@ MARGIN_METRIC = "rewards/margin"
 
 
 class Objective(Protocol):
-  """What the train step and the whole-run validation need of an objective."""
+  """What the train step and the whole-run validation need of an objective.
+
+  An objective that samples may also split `prepare` into `sample(params,
+  frozen, batch, rng) -> samples` (the completions and what the policy and
+  reference say of them) and `label(params, frozen, batch, samples, rng) ->
+  (prepared, metrics)` (the preference or reward signal), with `prepare`
+  equal to their composition; the Trainer then compiles them as separate
+  phases and the console shows each one's time (`step.has_phases`).
+  """
 
   batch_kind: str          # "sft" | "pairs" | "prompts"
   reads: tuple[str, ...]   # frozen roles used, e.g. ("reference",)
@@ -319,12 +327,20 @@ class OnlinePairwise:
     return (models_lib.REFERENCE,) + ((role,) if role else ())
 
   def prepare(self, params, frozen, batch, rng):
-    inputs = batch["inputs"]
-    b = inputs.shape[0]
-    sample_rng, label_rng = jax.random.split(rng)
-    rows = rollout(self.models, params, frozen, inputs, sample_rng,
+    return self.label(params, frozen, batch,
+                      self.sample(params, frozen, batch, rng), rng)
+
+  def sample(self, params, frozen, batch, rng) -> Rollout:
+    sample_rng, _ = jax.random.split(rng)
+    return rollout(self.models, params, frozen, batch["inputs"], sample_rng,
                    self.sampling, beta=self.beta, policy_repeats=0,
                    mixture_repeats=2, reduce=self.reduce)
+
+  def label(self, params, frozen, batch, rows: Rollout, rng):
+    del params
+    inputs = batch["inputs"]
+    b = inputs.shape[0]
+    _, label_rng = jax.random.split(rng)
     y, yp = rows.tokens[:b], rows.tokens[b:]
     signal = self.signal
     pref = rollouts.judge(signal, preference_base.params_for(signal, frozen),

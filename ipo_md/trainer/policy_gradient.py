@@ -169,11 +169,19 @@ class NashMDPG:
     return (models_lib.REFERENCE,) + ((role,) if role else ())
 
   def prepare(self, params, frozen, batch, rng):
+    return self.label(params, frozen, batch,
+                      self.sample(params, frozen, batch, rng), rng)
+
+  def sample(self, params, frozen, batch, rng) -> objectives.Rollout:
+    m = self.samples_per_prompt // 2
+    return objectives.rollout(self.models, params, frozen, batch["inputs"],
+                              rng, self.sampling, beta=self.beta,
+                              policy_repeats=m, mixture_repeats=m)
+
+  def label(self, params, frozen, batch, rows: objectives.Rollout, rng):
+    del params, rng
     inputs = batch["inputs"]
     m = self.samples_per_prompt // 2
-    rows = objectives.rollout(self.models, params, frozen, inputs, rng,
-                              self.sampling, beta=self.beta,
-                              policy_repeats=m, mixture_repeats=m)
     n = m * inputs.shape[0]
     y, yp = rows.tokens[:n], rows.tokens[n:]
     signal = self.signal
@@ -279,11 +287,19 @@ class RLHF:
     return jnp.zeros_like(reward_B)
 
   def prepare(self, params, frozen, batch, rng):
+    return self.label(params, frozen, batch,
+                      self.sample(params, frozen, batch, rng), rng)
+
+  def sample(self, params, frozen, batch, rng) -> objectives.Rollout:
+    return objectives.rollout(self.models, params, frozen, batch["inputs"],
+                              rng, self.sampling, beta=0.0,
+                              policy_repeats=self.samples_per_prompt,
+                              mixture_repeats=0)
+
+  def label(self, params, frozen, batch, rows: objectives.Rollout, rng):
+    del params, rng
     inputs = batch["inputs"]
     b, k = inputs.shape[0], self.samples_per_prompt
-    rows = objectives.rollout(self.models, params, frozen, inputs, rng,
-                              self.sampling, beta=0.0, policy_repeats=k,
-                              mixture_repeats=0)
     signal = self.signal
     reward = rollouts.reward(signal, preference_base.params_for(signal,
                                                                 frozen),

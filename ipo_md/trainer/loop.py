@@ -285,7 +285,7 @@ class Trainer:
       self.log.write(0, last)
     pending, previous = None, None
     timer = self._timer = profiling.PhaseTimer()
-    self._timings, self._first_step = [], step + 1
+    self._first_step = step + 1
     trace = None
     if self.profile_steps is not None and jax.process_index() == 0:
       trace = profiling.TraceWindow(self.directory / "profile",
@@ -385,26 +385,19 @@ class Trainer:
       state, metrics = self._step_fn(state, batch, self.frozen)
       timer.phase("device", metrics)
     timer.end()
-    self._poll()
     return state, metrics
-
-  def _poll(self) -> None:
-    # The run's first step is left out of the means: its host time is the
-    # compilation.
-    self._timings.extend(t for t in self._timer.poll()
-                         if t["step"] != self._first_step)
 
   def _host(self, step, metrics):
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     # The phase times of the steps up to this one (finished: its metrics are
     # on the host, so the wait is only for the timer's thread to stamp it).
     self._timer.wait(step)
-    self._poll()
-    if self._timings:
-      keys = [k for k in self._timings[0] if k != "step"]
-      host.update({k: float(np.mean([t[k] for t in self._timings]))
-                   for k in keys})
-      self._timings = []
+    # The run's first step is left out of the means: its host time is the
+    # compilation.
+    timings = [t for t in self._timer.poll() if t["step"] != self._first_step]
+    if timings:
+      keys = [k for k in timings[0] if k != "step"]
+      host.update({k: float(np.mean([t[k] for t in timings])) for k in keys})
     return host
 
   def _write(self, step, metrics):

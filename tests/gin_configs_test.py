@@ -99,3 +99,48 @@ def test_other_configs_plan_and_trace_abstractly(gin_file, expected, capsys):
   assert train_cli.main([f"--gin_file={GIN_DIR / gin_file}", "--dry_run",
                          "--gin.MODEL_DIR=/tmp/unused"]) == 0
   assert expected in capsys.readouterr().out
+
+
+def _lengths(gin_file: str) -> dict[str, int]:
+  for path in gin_flags.DEFAULT_SEARCH_PATHS:
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings([str(GIN_DIR / gin_file)],
+                                      ["MODEL_DIR = '/tmp/unused'"])
+  return {
+      "inputs": gin.query_parameter("%INPUT_LENGTH"),
+      "targets": gin.query_parameter("%TARGET_LENGTH"),
+      "pm_inputs": gin.query_parameter("learned.PairwiseHead.input_length"),
+      "pm_decoder": gin.query_parameter(
+          "learned.PairwiseHead.decoder_length"),
+  }
+
+
+def test_main_job_lengths_hold_every_example_of_the_synthetic_task():
+  """The main job's lengths cut no document, summary or candidate (with its
+  EOS) of the splits it reads, and the PM's decoder holds two of the
+  longest samples; gin/methods/embedded.gin (read here through a method's
+  file) keeps the lengths its README results were measured with."""
+  from ipo_md.data import synthetic  # pylint: disable=g-import-not-at-top
+  lengths = _lengths("ipo_md_tiny.gin")
+  assert (lengths["inputs"], lengths["targets"]) == (56, 28)
+  assert lengths["pm_inputs"] == lengths["inputs"] + 1
+  assert lengths["pm_decoder"] == 1 + 2 * (lengths["targets"] + 1)
+  vocab = synthetic.vocabulary()
+  size = lambda text: len(vocab.encode(text)) + 1  # + EOS
+  longest = {"inputs": 0, "targets": 0}
+  for split in ("train", "validation"):
+    for ex in synthetic.generate(split):
+      longest["inputs"] = max(longest["inputs"], size(ex["inputs"]))
+      longest["targets"] = max(longest["targets"], size(ex["targets"]),
+                               size(ex["ideal"]))
+    for ex in synthetic.generate_comparisons(split):
+      longest["targets"] = max(longest["targets"], size(ex["chosen"]),
+                               size(ex["rejected"]))
+  # By construction: 4 facts of 6 pieces and 4 distractors of at most 7;
+  # 6 clauses of 4 (4 facts, one invented, one repeated).
+  assert longest == {"inputs": 53, "targets": 25}
+  assert longest["inputs"] <= lengths["inputs"]
+  assert longest["targets"] <= lengths["targets"]
+  gin.clear_config()
+  assert _lengths("methods/online_ipo_tiny.gin") == {
+      "inputs": 64, "targets": 32, "pm_inputs": 65, "pm_decoder": 67}

@@ -148,33 +148,39 @@ def _jax_update(model, params, tx):
   jitted value_and_grad + adafactor_t5 written here.
   """
   try:
+    from ipo_md.trainer import models as models_lib  # pylint: disable=g-import-not-at-top
     from ipo_md.trainer import objectives  # pylint: disable=g-import-not-at-top
     from ipo_md.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
     from ipo_md.trainer import train_state  # pylint: disable=g-import-not-at-top
 
+    # The signal is never called: the pairs and their labels are given.
     online = objectives.OnlinePairwise(
-        model=model, loss_fn=functools.partial(losses.ipo_loss, tau=TAU),
-        preference=None,
+        models=models_lib.Models(policy=model, reference=model),
+        loss_fn=functools.partial(losses.ipo_loss, tau=TAU),
+        preference=lambda params, x, y, yp: None,
         sampling=sampling.SamplingConfig(max_decode_length=8))
 
     class _UpdateOnly:
-      """Pairs are given in the batch: prepare is the identity."""
+      """Pairs are given in the batch: prepare only adds `pref` (the label)."""
 
       def prepare(self, params, frozen, batch, rng):
         del params, frozen, rng
-        return batch, {}
+        return {**batch, "pref": batch["label"]}, {}
 
-      def loss(self, params, frozen, batch, rng):
-        return online.loss(params, frozen, batch, rng)
+      def loss(self, params, frozen, prepared, rng):
+        return online.loss(params, frozen, prepared, rng)
 
+    schedule = optim.make_schedule(base_learning_rate=LEARNING_RATE)
     step = jax.jit(
         lambda state, batch: step_lib.train_step(
-            state, batch, {"ref": None}, objective=_UpdateOnly(), tx=tx,
-            schedule=optim.make_schedule(
-                base_learning_rate=LEARNING_RATE))[0],
+            state, batch, None, objective=_UpdateOnly(), tx=tx,
+            schedule=schedule)[0],
         donate_argnums=0)
-    state = train_state.create(params, tx, seed=0)
-    return "trainer.step.train_step (OnlinePairwise.loss)", step, state
+    # One buffer per leaf: create() may share one constant between fields
+    # (the guard's counters), and a donated state must not.
+    state = jax.tree.map(jnp.copy, train_state.create(params, tx, seed=0))
+    return ("trainer.step.train_step (OnlinePairwise.loss, the guard "
+            "included)", step, state)
   except (ImportError, AttributeError, TypeError) as e:
     reason = f"{type(e).__name__}: {e}"
 

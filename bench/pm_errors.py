@@ -1,0 +1,124 @@
+# Copyright 2025 The ipo-md Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Where a trained preference model of the main job disagrees with the gold oracle.
+
+An analysis, not a benchmark: it loads the `pm` stage of a main-job run
+(gin/ipo_md_tiny.gin), scores the held-out `synthetic_facts_comparisons` pairs
+symmetrised (as the policy stage and `PreferenceEvaluation` do), and prints
+
+  * accuracy on the noisy labels beside the gold oracle's (the ceiling), on
+    the validation pairs and on the first training pairs (underfitting shows
+    as the two being alike);
+  * agreement with the gold preference on the pairs that are not ties, by
+    which of the gold oracle's counts differ between the two summaries
+    (`synthetic.summary_counts`: covered, invented, repeated, over_budget,
+    length) and by the gold score margin |s(y) - s(y')|.
+
+  PYTHONPATH=. python bench/pm_errors.py --model_dir=/tmp/ipo_md_tiny
+
+The head must be the one the run trained with (the defaults are the main
+job's: decoder layout, documents of 56 pieces, summaries of 28).
+"""
+
+import argparse
+import collections
+
+import jax
+import numpy as np
+
+import ipo_md_tasks  # pylint: disable=unused-import  (registers the tasks)
+from ipo_md import rollouts
+from ipo_md.checkpoints import params_io
+from ipo_md.data import pipeline as data_pipeline
+from ipo_md.data import synthetic
+from ipo_md.model import network
+from ipo_md.preference import learned
+
+BATCH = 256
+
+
+def _text(vocab, ids) -> str:
+  return vocab.decode([t for t in ids.tolist() if t > 1])
+
+
+def _scores(pm, params, arrays, n):
+  fn = jax.jit(lambda p, x, a, b: rollouts.judge(pm, p, x, a, b))
+  return np.concatenate([
+      np.asarray(fn(params, arrays["inputs"][i:i + BATCH],
+                    arrays["chosen"][i:i + BATCH],
+                    arrays["rejected"][i:i + BATCH]))
+      for i in range(0, n, BATCH)])
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model_dir", required=True,
+                      help="the run's MODEL_DIR (its pm/ stage is read)")
+  parser.add_argument("--input_length", type=int, default=56)
+  parser.add_argument("--target_length", type=int, default=28)
+  parser.add_argument("--validation_pairs", type=int, default=1024)
+  parser.add_argument("--train_pairs", type=int, default=4096)
+  args = parser.parse_args(argv)
+
+  params, config = params_io.load_train_params(f"{args.model_dir}/pm")
+  head = learned.PairwiseHead(
+      layout="decoder", input_length=args.input_length + 1,
+      decoder_length=2 * args.target_length + 3, readout=(62,),
+      template=learned.Template(second=(60,), suffix=(61,)))
+  pm = learned.PreferenceModel(network=network.Transformer(config), head=head)
+  vocab = synthetic.vocabulary()
+  for split, n in (("validation", args.validation_pairs),
+                   ("train", args.train_pairs)):
+    data = data_pipeline.DataConfig(
+        task="synthetic_facts_comparisons", split=split, kind="pairs",
+        batch_size=BATCH, feature_lengths={"inputs": args.input_length,
+                                           "targets": args.target_length})
+    arrays = data_pipeline.load_batch(data, n)
+    p = _scores(pm, params, arrays, n)
+    gold, q = arrays["gold_pref"][:n], arrays["label"][:n]
+    accuracy = np.mean(q * (p > .5) + (1 - q) * (p < .5))
+    ceiling = np.mean(q * (gold > .5) + (1 - q) * (gold < .5)
+                      + .5 * (gold == .5))
+    not_tie = gold != .5
+    agree = (p > .5) == (gold > .5)
+    print(f"{split} ({n} pairs): accuracy {accuracy:.4f}, gold ceiling "
+          f"{ceiling:.4f}, gold agreement {np.mean(agree):.4f} "
+          f"({np.mean(agree[not_tie]):.4f} of the {np.sum(not_tie)} that "
+          "are not ties)")
+    if split != "validation":
+      continue
+    by_counts = collections.defaultdict(list)
+    by_margin = collections.defaultdict(list)
+    for i in np.flatnonzero(not_tie):
+      doc = _text(vocab, arrays["inputs"][i])
+      a, b = (_text(vocab, arrays[k][i]) for k in ("chosen", "rejected"))
+      ca, cb = (synthetic.summary_counts(doc, s) for s in (a, b))
+      differ = ", ".join(k for k in ca if k != "num_facts" and ca[k] != cb[k])
+      by_counts[differ].append(agree[i])
+      margin = abs(synthetic.score_summary(doc, a)
+                   - synthetic.score_summary(doc, b))
+      by_margin[min(round(margin * 4) / 4, 2.0)].append(agree[i])
+    print("\ngold agreement by the counts that differ (pairs, agreement):")
+    for key in sorted(by_counts, key=lambda k: -len(by_counts[k])):
+      print(f"  {key:52s} {len(by_counts[key]):4d}  "
+            f"{np.mean(by_counts[key]):.3f}")
+    print("\ngold agreement by gold score margin (2.0: 2 or more):")
+    for key in sorted(by_margin):
+      print(f"  {key:4.2f} {len(by_margin[key]):4d}  "
+            f"{np.mean(by_margin[key]):.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -28,19 +28,24 @@ symmetrised (as the policy stage and `PreferenceEvaluation` do), and prints
 
   PYTHONPATH=. python bench/pm_errors.py --model_dir=/tmp/ipo_md_tiny
 
-The head must be the one the run trained with (the defaults are the main
-job's: decoder layout, documents of 56 pieces, summaries of 28).
+The preference model's head (`learned.PairwiseHead`) and the lengths
+(`INPUT_LENGTH`, `TARGET_LENGTH`) come from the run's gin configuration, read
+as `ipo-md train` reads it: `--gin_file` (default: the main job's
+ipo_md_tiny.gin) and any `--gin.KEY=VALUE` the run was trained with.
 """
 
 import argparse
 import collections
+import sys
 
+import gin
 import jax
 import numpy as np
 
 import ipo_md_tasks  # pylint: disable=unused-import  (registers the tasks)
 from ipo_md import rollouts
 from ipo_md.checkpoints import params_io
+from ipo_md.cli import gin_flags
 from ipo_md.data import pipeline as data_pipeline
 from ipo_md.data import synthetic
 from ipo_md.model import network
@@ -66,25 +71,27 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model_dir", required=True,
                       help="the run's MODEL_DIR (its pm/ stage is read)")
-  parser.add_argument("--input_length", type=int, default=56)
-  parser.add_argument("--target_length", type=int, default=28)
   parser.add_argument("--validation_pairs", type=int, default=1024)
   parser.add_argument("--train_pairs", type=int, default=4096)
-  args = parser.parse_args(argv)
+  gin_flags.add_flags(parser)
+  rest, dot_bindings = gin_flags.split_gin_dot_flags(
+      sys.argv[1:] if argv is None else argv)
+  args = parser.parse_args(rest)
+  args.gin_file = args.gin_file or ["ipo_md_tiny.gin"]
+  gin_flags.parse(args, dot_bindings + ["MODEL_DIR = 'unused'"])
+  head = gin.get_configurable(learned.PairwiseHead)()
+  input_length = gin.query_parameter("%INPUT_LENGTH")
+  target_length = gin.query_parameter("%TARGET_LENGTH")
 
   params, config = params_io.load_train_params(f"{args.model_dir}/pm")
-  head = learned.PairwiseHead(
-      layout="decoder", input_length=args.input_length + 1,
-      decoder_length=2 * args.target_length + 3, readout=(62,),
-      template=learned.Template(second=(60,), suffix=(61,)))
   pm = learned.PreferenceModel(network=network.Transformer(config), head=head)
   vocab = synthetic.vocabulary()
   for split, n in (("validation", args.validation_pairs),
                    ("train", args.train_pairs)):
     data = data_pipeline.DataConfig(
         task="synthetic_facts_comparisons", split=split, kind="pairs",
-        batch_size=BATCH, feature_lengths={"inputs": args.input_length,
-                                           "targets": args.target_length})
+        batch_size=BATCH, feature_lengths={"inputs": input_length,
+                                           "targets": target_length})
     arrays = data_pipeline.load_batch(data, n)
     p = _scores(pm, params, arrays, n)
     gold, q = arrays["gold_pref"][:n], arrays["label"][:n]

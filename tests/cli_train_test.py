@@ -270,7 +270,8 @@ def test_micro_job_sigterm_resume_outputs_and_rerun(tmp_path, capsys):
   pm_log = _steps(model_dir / "pm" / "metrics.jsonl")
   assert [r["step"] for r in pm_log] == [0, 1, 2]
   for key in ("eval/accuracy", "eval/log_loss", "eval/ece",
-              "eval/gold_agreement", "eval/gold_accuracy"):
+              "eval/gold_agreement", "eval/gold_accuracy",
+              "eval/gold_log_loss"):
     assert math.isfinite(pm_log[-1][key]), pm_log[-1]
   assert (model_dir / "pm" / "reliability.png").stat().st_size > 0
   for stage in ("sft", "pm", "ipo_md"):

@@ -139,6 +139,48 @@ class PolicyEvaluation:
     del directory
 
 
+def preference_metrics(p_N, q_N, gold_N=None, num_bins: int = 10
+                       ) -> tuple[dict[str, float], dict]:
+  """A preference model's p(first > second) against labels q (see
+  PreferenceEvaluation).
+
+  Accuracy weighs each pair by its label (q on "first wins", 1 - q on
+  "second wins") and counts p = 1/2 as half right; log-loss is the
+  cross-entropy of p against q (p clipped to [1e-7, 1 - 1e-7]). The ECE uses
+  the pairs with every other order swapped (p -> 1 - p, q -> 1 - q): the data
+  lists the chosen response first, so unswapped outcomes would all be "first
+  wins". With the gold preference: `gold_agreement` is the fraction of pairs
+  where (p > 1/2) equals (gold > 1/2) (a gold tie counts as agreeing when
+  p <= 1/2), and `gold_accuracy` and `gold_log_loss` are the gold's own
+  accuracy and log-loss on the labels, the floors a model of these labels
+  can reach.
+
+  Returns:
+    (metrics keyed "eval/...", the ECE's per-bin arrays for the plot).
+  """
+  p = np.asarray(p_N, np.float64)
+  q = np.asarray(q_N, np.float64)
+
+  def accuracy(x):
+    return float(np.mean(q * (x > 0.5) + (1 - q) * (x < 0.5)
+                         + 0.5 * (x == 0.5)))
+
+  def log_loss(x):
+    x = np.clip(x, 1e-7, 1 - 1e-7)
+    return float(np.mean(-q * np.log(x) - (1 - q) * np.log(1 - x)))
+
+  out = {"eval/accuracy": accuracy(p), "eval/log_loss": log_loss(p)}
+  flip = np.arange(p.shape[0]) % 2 == 1
+  out["eval/ece"], bins = expected_calibration_error(
+      np.where(flip, 1 - p, p), np.where(flip, 1 - q, q), num_bins)
+  if gold_N is not None:
+    gold = np.asarray(gold_N, np.float64)
+    out["eval/gold_agreement"] = float(np.mean((p > 0.5) == (gold > 0.5)))
+    out["eval/gold_accuracy"] = accuracy(gold)
+    out["eval/gold_log_loss"] = log_loss(gold)
+  return out, bins
+
+
 def expected_calibration_error(p_N: np.ndarray, y_N: np.ndarray,
                                num_bins: int = 10) -> tuple[float, dict]:
   """ECE of predicted probabilities against (soft) outcomes in equal-width
@@ -168,8 +210,9 @@ class PreferenceEvaluation:
   pair swapped so that outcomes are not all "first wins"); with the gold preference of
   the data (the `gold_pref` feature, or a `gold` signal) also
   `eval/gold_agreement` (fraction where model and gold prefer the same
-  response) and `eval/gold_accuracy` (the gold's own accuracy on the noisy
-  labels: the ceiling). `finish` writes `reliability.png`.
+  response), `eval/gold_accuracy` and `eval/gold_log_loss` (the gold's own
+  accuracy and log-loss on the noisy labels: the ceiling and the floor; see
+  `preference_metrics`). `finish` writes `reliability.png`.
 
   Attributes:
     models: the run's models.
@@ -231,32 +274,13 @@ class PreferenceEvaluation:
     return evaluate
 
   def _summarise(self, scores, arrays) -> dict:
-    p = scores["p"].astype(np.float64)
-    n = p.shape[0]
-    q = arrays.get("label", np.ones(n))[:n].astype(np.float64)
-    eps = 1e-7
-    pc = np.clip(p, eps, 1 - eps)
-    out = {
-        "eval/accuracy": float(np.mean(q * (p > 0.5) + (1 - q) * (p < 0.5)
-                                       + 0.5 * (p == 0.5))),
-        "eval/log_loss": float(np.mean(-q * np.log(pc)
-                                       - (1 - q) * np.log(1 - pc))),
-    }
-    # Calibration of p(first > second) with the pair order alternated (the
-    # data lists the chosen response first, so every raw label is ~1): for
-    # a symmetrised model, swapping the order maps p to 1 - p and q to 1 - q.
-    flip = np.arange(n) % 2 == 1
-    out["eval/ece"], self._last = expected_calibration_error(
-        np.where(flip, 1 - p, p), np.where(flip, 1 - q, q), self.num_bins)
+    n = scores["p"].shape[0]
     gold = scores.get("gold")
     if gold is None and "gold_pref" in arrays:
       gold = arrays["gold_pref"][:n]
-    if gold is not None:
-      gold = np.asarray(gold, np.float64)
-      out["eval/gold_agreement"] = float(np.mean(
-          (p > 0.5) == (gold > 0.5)))
-      out["eval/gold_accuracy"] = float(np.mean(
-          q * (gold > 0.5) + (1 - q) * (gold < 0.5) + 0.5 * (gold == 0.5)))
+    out, self._last = preference_metrics(
+        scores["p"], arrays.get("label", np.ones(n))[:n], gold,
+        self.num_bins)
     return out
 
   def finish(self, directory) -> None:

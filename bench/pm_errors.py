@@ -50,6 +50,7 @@ from ipo_md.data import pipeline as data_pipeline
 from ipo_md.data import synthetic
 from ipo_md.model import network
 from ipo_md.preference import learned
+from ipo_md.trainer import evaluation
 
 BATCH = 256
 
@@ -94,14 +95,13 @@ def main(argv=None):
                                            "targets": target_length})
     arrays = data_pipeline.load_batch(data, n)
     p = _scores(pm, params, arrays, n)
-    gold, q = arrays["gold_pref"][:n], arrays["label"][:n]
-    accuracy = np.mean(q * (p > .5) + (1 - q) * (p < .5))
-    ceiling = np.mean(q * (gold > .5) + (1 - q) * (gold < .5)
-                      + .5 * (gold == .5))
+    gold = arrays["gold_pref"][:n]
+    metrics, _ = evaluation.preference_metrics(p, arrays["label"][:n], gold)
     not_tie = gold != .5
     agree = (p > .5) == (gold > .5)
-    print(f"{split} ({n} pairs): accuracy {accuracy:.4f}, gold ceiling "
-          f"{ceiling:.4f}, gold agreement {np.mean(agree):.4f} "
+    print(f"{split} ({n} pairs): accuracy {metrics['eval/accuracy']:.4f}, "
+          f"gold ceiling {metrics['eval/gold_accuracy']:.4f}, gold agreement "
+          f"{metrics['eval/gold_agreement']:.4f} "
           f"({np.mean(agree[not_tie]):.4f} of the {np.sum(not_tie)} that "
           "are not ties)")
     if split != "validation":

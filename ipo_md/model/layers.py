@@ -15,6 +15,7 @@ import numpy as np
 
 from ipo_md import axes
 from ipo_md.model import config as config_lib
+from ipo_md.model import matmul
 
 _NEG_INF = -1e10
 
@@ -53,10 +54,10 @@ class RMSNorm(nn.Module):
 class Dense(nn.Module):
   """A bias-free projection of the last axis with logical kernel axes.
 
-  Inputs and kernel are cast to `dtype`; the product is `out_dtype` (default
-  `dtype`), accumulated in at least that precision: the output logits use
-  float32 from bfloat16 operands, which costs no more than a bfloat16
-  result on CPUs, GPUs and TPUs.
+  Inputs and kernel are cast to `dtype`; the product is accumulated in
+  float32 and returned in `out_dtype` (default `dtype`): the output logits
+  stay float32 from bfloat16 operands. The kernel's gradient is returned in
+  its own (float32) dtype, accumulated in float32 (`ipo_md.model.matmul`).
 
   The leading dimensions are flattened into one before the matmul. With
   [B, L, E] inputs the weight gradient contracts two dimensions (B and L),
@@ -79,15 +80,16 @@ class Dense(nn.Module):
     init = nn.initializers.normal(stddev=self.init_scale / math.sqrt(fan_in))
     kernel = _param(self, "kernel", init, (fan_in, self.features),
                     self.kernel_axes, self.param_dtype)
-    return _matmul_2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                      self.out_dtype)
+    return _matmul_2d(x, kernel, self.dtype, self.out_dtype or self.dtype)
 
 
-def _matmul_2d(x_NxK: jax.Array, w_KxM: jax.Array, out_dtype=None):
-  """x [..., K] @ w [K, M] as one [prod(...), K] matmul (see Dense)."""
+def _matmul_2d(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype):
+  """x [..., K] @ w [K, M] as one [prod(...), K] matmul (see Dense), with
+  operands in `dtype` and every dot of its gradient on XLA:CPU's fast path
+  (ipo_md.model.matmul)."""
   lead = x_NxK.shape[:-1]
-  y = jnp.dot(x_NxK.reshape(-1, x_NxK.shape[-1]), w_KxM,
-              preferred_element_type=out_dtype)
+  y = matmul.matmul(x_NxK.reshape(-1, x_NxK.shape[-1]), w_KxM, dtype,
+                    out_dtype)
   return y.reshape(lead + (w_KxM.shape[-1],))
 
 
@@ -174,17 +176,17 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
     raise ValueError(f"queries batch {big_b} is not a multiple of the keys' "
                      f"batch {b}.")
   # [R * b, L, H, D] -> [b, H, R, L, D]: prompt-major rows of one matmul.
-  q = jnp.transpose(q_BxLxHxD.reshape(r, b, l, h, d), (1, 3, 0, 2, 4))
-  logits = jnp.einsum("bhqd,bhds->bhqs", q.reshape(b, h, r * l, d),
-                      k_bxHxDxS, preferred_element_type=jnp.float32)
+  dtype = k_bxHxDxS.dtype
+  q = matmul.layout(q_BxLxHxD.reshape(r, b, l, h, d), (1, 3, 0, 2, 4), dtype)
+  logits = matmul.batched_matmul(q.reshape(b, h, r * l, d), k_bxHxDxS, dtype,
+                                 jnp.float32)
   logits = logits.reshape(b, h, r, l, s) + _grouped_bias(bias, r, b)
   weights = jax.nn.softmax(logits, axis=-1)
   if dropout_rng is not None and dropout_rate > 0:
     keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, weights.shape)
     weights = weights * keep / (1 - dropout_rate)
-  y = jnp.einsum("bhqs,bhsd->bhqd",
-                 weights.reshape(b, h, r * l, s).astype(v_bxHxSxD.dtype),
-                 v_bxHxSxD)
+  y = matmul.batched_matmul(weights.reshape(b, h, r * l, s), v_bxHxSxD,
+                            dtype, v_bxHxSxD.dtype)
   # [b, H, R, L, D] -> [R * b, L, H, D].
   y = jnp.transpose(y.reshape(b, h, r, l, d), (2, 0, 3, 1, 4))
   return y.reshape(big_b, l, h, d)
@@ -238,14 +240,14 @@ class MultiHeadAttention(nn.Module):
     """[B, S, H * D] -> keys [B, H, D, S] (see dot_product_attention)."""
     b, s, _ = x_BxSxI.shape
     x = x_BxSxI.reshape(b, s, self.num_heads, self.head_dim)
-    x = jnp.transpose(x, (0, 2, 3, 1))
+    x = matmul.layout(x, (0, 2, 3, 1), self.dtype)
     return constrain(x, (axes.BATCH, axes.HEADS, axes.KV, axes.KV_LENGTH))
 
   def _values(self, x_BxSxI):
     """[B, S, H * D] -> values [B, H, S, D]."""
     b, s, _ = x_BxSxI.shape
     x = x_BxSxI.reshape(b, s, self.num_heads, self.head_dim)
-    x = jnp.transpose(x, (0, 2, 1, 3))
+    x = matmul.layout(x, (0, 2, 1, 3), self.dtype)
     return constrain(x, (axes.BATCH, axes.HEADS, axes.KV_LENGTH, axes.KV))
 
   def _key_value(self, key, value, x_kv, decode: bool):
@@ -341,10 +343,12 @@ class Embed(nn.Module):
                             (axes.VOCAB, axes.EMBED), self.param_dtype)
 
   def __call__(self, ids_BxL: jax.Array) -> jax.Array:
-    x = jnp.take(self.embedding.astype(self.dtype), ids_BxL, axis=0)
+    # Rows first, then the cast: casting the whole table costs a pass over
+    # it (64 MiB at T5's vocabulary) every step.
+    x = jnp.take(self.embedding, ids_BxL, axis=0).astype(self.dtype)
     return constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
 
   def attend(self, x_BxLxE: jax.Array) -> jax.Array:
     """Float32 logits against the embedding (operands in `dtype`)."""
-    return _matmul_2d(x_BxLxE.astype(self.dtype),
-                      self.embedding.astype(self.dtype).T, jnp.float32)
+    return _matmul_2d(x_BxLxE, matmul.transpose_2d(self.embedding),
+                      self.dtype, jnp.float32)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from ipo_md import axes
 from ipo_md.model import config as config_lib
 from ipo_md.model import layers
+from ipo_md.model import matmul
 
 
 def _common(cfg: config_lib.T5Config):
@@ -219,11 +220,20 @@ class Transformer(nn.Module):
 
 
 def output_kernel(cfg: config_lib.T5Config, params) -> jax.Array:
-  """The output layer [E, V] in the compute dtype: logits_dense, or the
-  transposed embedding when tied (the decoder has already scaled its input).
+  """The output layer [E, V] in the parameters' dtype: logits_dense, or the
+  transposed embedding when tied (the decoder has already scaled its input),
+  materialised so that a dot with it stays on XLA:CPU's fast path
+  (`matmul.transpose_2d`). Callers cast it to the compute dtype.
   """
   if cfg.logits_via_embedding:
-    kernel = params["token_embedder"]["embedding"].T
-  else:
-    kernel = params["decoder"]["logits_dense"]["kernel"]
-  return kernel.astype(cfg.jnp_dtype)
+    return matmul.transpose_2d(params["token_embedder"]["embedding"])
+  return params["decoder"]["logits_dense"]["kernel"]
+
+
+def output_columns(cfg: config_lib.T5Config, params, ids) -> jax.Array:
+  """Columns `ids` of the output layer, [E, len(ids)], in the parameters'
+  dtype (without transposing a tied embedding whole)."""
+  ids = list(ids)
+  if cfg.logits_via_embedding:
+    return params["token_embedder"]["embedding"][ids].T
+  return params["decoder"]["logits_dense"]["kernel"][:, ids]

@@ -31,6 +31,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ipo_md.model import matmul
+
 _CHUNK_BYTES = 64 * 2 ** 20  # float32 logits per chunk.
 
 
@@ -52,10 +54,11 @@ def _logits(h_nxE, w_ExV):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _token_logprobs(h_NxE, w_ExV, targets_N, rows):
-  return _forward(h_NxE, w_ExV, targets_N, rows)[0]
+  return _forward(h_NxE, w_ExV.astype(h_NxE.dtype), targets_N, rows)[0]
 
 
 def _forward(h_NxE, w_ExV, targets_N, rows):
+  """Log-probs and log-normalisers; h and w share the compute dtype."""
   def one(args):
     h, t = args
     logits = _logits(h, w_ExV)
@@ -69,13 +72,20 @@ def _forward(h_NxE, w_ExV, targets_N, rows):
 
 
 def _fwd(h_NxE, w_ExV, targets_N, rows):
-  logp, lse = _forward(h_NxE, w_ExV, targets_N, rows)
-  return logp, (h_NxE, w_ExV, targets_N, lse)
+  w_c = w_ExV.astype(h_NxE.dtype)
+  logp, lse = _forward(h_NxE, w_c, targets_N, rows)
+  # The kernel's own dtype rides along as an empty array.
+  return logp, (h_NxE, w_c, targets_N, lse, jnp.zeros((0,), w_ExV.dtype))
 
 
 def _bwd(rows, residuals, g_N):
-  h_NxE, w_ExV, targets_N, lse_N = residuals
+  h_NxE, w_ExV, targets_N, lse_N, w_like = residuals
   n, v = h_NxE.shape[0], w_ExV.shape[1]
+  # Both gradient dots in the plain form (see ipo_md.model.matmul), except
+  # in float32, where transposed operands cost less than transposing.
+  plain = jnp.dtype(w_ExV.dtype) != jnp.float32
+  w_VxE = matmul.transpose_2d(w_ExV) if plain else w_ExV.T
+  h_t = matmul.transpose_2d if plain else jnp.transpose
 
   def one(dw, args):
     h, t, lse, g = args
@@ -83,15 +93,15 @@ def _bwd(rows, residuals, g_N):
     onehot = jax.lax.broadcasted_iota(jnp.int32, p.shape, 1) == t[:, None]
     dlogits = (jnp.where(onehot, 1.0, 0.0) - p) * g[:, None]
     d = dlogits.astype(w_ExV.dtype)
-    dh = jnp.dot(d, w_ExV.T, preferred_element_type=jnp.float32)
-    dw = dw + jnp.dot(h.T, d, preferred_element_type=jnp.float32)
+    dh = jnp.dot(d, w_VxE, preferred_element_type=jnp.float32)
+    dw = dw + jnp.dot(h_t(h), d, preferred_element_type=jnp.float32)
     return dw, dh.astype(h_NxE.dtype)
 
   dw, dh = jax.lax.scan(
       one, jnp.zeros((h_NxE.shape[1], v), jnp.float32),
       (_chunks(h_NxE, rows), _chunks(targets_N, rows), _chunks(lse_N, rows),
        _chunks(g_N.astype(jnp.float32), rows)))
-  return (dh.reshape(-1, h_NxE.shape[1])[:n], dw.astype(w_ExV.dtype), None)
+  return (dh.reshape(-1, h_NxE.shape[1])[:n], dw.astype(w_like.dtype), None)
 
 
 _token_logprobs.defvjp(_fwd, _bwd)
@@ -108,7 +118,9 @@ def token_logprobs(hidden_BxTxE: jax.Array, kernel_ExV: jax.Array,
   Args:
     hidden_BxTxE: the decoder's last hidden states (after the final norm;
       for a tied output layer, already scaled).
-    kernel_ExV: the output layer [E, V], in the compute dtype.
+    kernel_ExV: the output layer [E, V] (any float dtype; not a transposed
+      view); it is cast to the hidden states' dtype, and its gradient is
+      returned in its own dtype, accumulated in float32.
     targets_BxT: int target ids.
     chunk_bytes: float32 logits held at a time (about).
 

@@ -194,7 +194,7 @@ def _readout_logits(net: network.Transformer, params, encoder_BxS,
                                   decoder_BxM)
   h_BxE = jnp.take_along_axis(h_BxMxE, position_B[:, None, None],
                               axis=1)[:, 0]
-  kernel_ExR = network.output_kernel(net.config, params)[:, list(readout)]
+  kernel_ExR = network.output_columns(net.config, params, readout)
   return jnp.dot(h_BxE, kernel_ExR.astype(h_BxE.dtype),
                  preferred_element_type=jnp.float32)
 

@@ -1,0 +1,156 @@
+# Copyright 2025 The ipo-md Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""2-D matmuls whose forward and backward dots all take XLA:CPU's fast path.
+
+XLA:CPU (jax 0.10) multiplies bfloat16 operands with AMX only when the dot
+is in the plain form [N, K] x [K, M] and accumulates in float32. Any other
+form, such as the transposed operands that autodiff gives the backward pass
+(dy @ w.T, x.T @ dy) or a bfloat16 result, is converted to a float32 dot:
+on the 2-core dev VM a bf16 [4096, 512] x [512, 1024] dot ran at 1,300-1,900
+GFLOP/s in the plain form and at 230-290 in the others, no faster than
+float32 (bench/sampler_and_update.py's T5-small update in bf16 was slower
+than in float32). XLA folds an explicit 2-D transpose back into the dot, but
+not a transpose through a rank-3 view (`transpose_2d`), so `matmul`'s custom
+gradient materialises the transposed operand and keeps every dot plain.
+
+Numbers: the forward is jnp.dot(x, w, preferred_element_type=float32) with
+both operands in `dtype`; the gradients are the same products of the
+incoming gradient (cast to `dtype`) accumulated in float32, so a float32
+kernel's gradient is returned in float32 without rounding to `dtype`.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def transpose(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
+  """jnp.transpose(x, perm), materialised: XLA does not fold it into a dot.
+
+  The permutation goes through a view with one more (unit) axis, placed
+  after the first output axis, which XLA's transpose folding does not see
+  through.
+  """
+  perm = tuple(perm)
+  unit = x.ndim
+  out_shape = tuple(x.shape[p] for p in perm)
+  return jnp.transpose(x.reshape(x.shape + (1,)),
+                       perm[:1] + (unit,) + perm[1:]).reshape(out_shape)
+
+
+def transpose_2d(x_NxM: jax.Array) -> jax.Array:
+  """x.T [M, N], materialised (see `transpose`)."""
+  return transpose(x_NxM, (1, 0))
+
+
+def transpose_last2(x: jax.Array) -> jax.Array:
+  """x with its last two axes swapped, materialised (see `transpose`)."""
+  k = x.ndim - 2
+  return transpose(x, tuple(range(k)) + (k + 1, k))
+
+
+def layout(x: jax.Array, perm: tuple[int, ...], dtype) -> jax.Array:
+  """jnp.transpose(x, perm) for an operand of a `dtype` dot: materialised
+  unless `dtype` is float32, whose dots take transposed operands at about
+  the plain form's rate."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.transpose(x, perm)
+  return transpose(x, perm)
+
+
+def _dot(a, b):
+  return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def matmul(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype) -> jax.Array:
+  """x @ w, operands in `dtype`, accumulated in float32, cast to `out_dtype`.
+
+  Args:
+    x_NxK: [N, K] activations (any float dtype).
+    w_KxM: [K, M] kernel (any float dtype; not a transposed view, or the
+      forward dot leaves the fast path: pass `transpose_2d(v)` instead of v.T).
+    dtype: the operands' compute dtype (e.g. jnp.bfloat16).
+    out_dtype: the result's dtype.
+
+  Returns:
+    [N, M] in `out_dtype`.
+  """
+  return _dot(x_NxK.astype(dtype), w_KxM.astype(dtype)).astype(out_dtype)
+
+
+def _fwd(x, w, dtype, out_dtype):
+  x_c, w_c = x.astype(dtype), w.astype(dtype)
+  # The primals' dtypes ride along as empty arrays (residuals must be arrays).
+  like = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+  return _dot(x_c, w_c).astype(out_dtype), (x_c, w_c, like)
+
+
+def _bwd(dtype, out_dtype, residuals, g_NxM):
+  del out_dtype
+  x_c, w_c, (x_like, w_like) = residuals
+  g = g_NxM.astype(dtype)
+  if jnp.dtype(dtype) == jnp.float32:
+    # float32 dots with a transposed operand run at 80-90 % of the plain
+    # form's rate; a materialised transpose costs more than it saves.
+    dx = jax.lax.dot_general(g, w_c, (((1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+    dw = jax.lax.dot_general(x_c, g, (((0,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+  else:
+    dx = _dot(g, transpose_2d(w_c))
+    dw = _dot(transpose_2d(x_c), g)
+  return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
+
+
+matmul.defvjp(_fwd, _bwd)
+
+
+def _bdot(a, b):
+  """[..., M, K] x [..., K, N] -> float32 [..., M, N], same batch axes."""
+  k = a.ndim - 2
+  batch = tuple(range(k))
+  return jax.lax.dot_general(a, b, (((k + 1,), (k,)), (batch, batch)),
+                             preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def batched_matmul(a: jax.Array, b: jax.Array, dtype, out_dtype) -> jax.Array:
+  """a @ b over the leading (batch) axes: [..., M, K] x [..., K, N] ->
+  [..., M, N], operands in `dtype`, accumulated in float32, cast to
+  `out_dtype`; the gradients' dots are plain as in `matmul`."""
+  return _bdot(a.astype(dtype), b.astype(dtype)).astype(out_dtype)
+
+
+def _bfwd(a, b, dtype, out_dtype):
+  a_c, b_c = a.astype(dtype), b.astype(dtype)
+  like = (jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+  return _bdot(a_c, b_c).astype(out_dtype), (a_c, b_c, like)
+
+
+def _bbwd(dtype, out_dtype, residuals, g):
+  del out_dtype
+  a_c, b_c, (a_like, b_like) = residuals
+  g = g.astype(dtype)
+  if jnp.dtype(dtype) == jnp.float32:
+    t = lambda x: jnp.swapaxes(x, -1, -2)  # See _bwd.
+  else:
+    t = transpose_last2
+  return (_bdot(g, t(b_c)).astype(a_like.dtype),
+          _bdot(t(a_c), g).astype(b_like.dtype))
+
+
+batched_matmul.defvjp(_bfwd, _bbwd)

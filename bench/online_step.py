@@ -18,6 +18,11 @@ Not a test: it prints one table (see bench/README.md).
 
   python bench/online_step.py --quick     # tiny shape only
   python bench/online_step.py             # tiny and T5-small shapes
+  python bench/online_step.py --dtype bfloat16   # bf16 activations in both
+
+With `--dtype bfloat16` ipo_md's models compute in bfloat16 with float32
+parameters and optimizer state (`T5Config.dtype`, T5X's mixed precision) and
+PyTorch runs every phase under `torch.autocast(dtype=torch.bfloat16)`.
 
 One online step, as the trainer runs it:
   1. sample: two completions per prompt from the token-wise geometric mixture
@@ -52,6 +57,7 @@ import optax
 
 from ipo_md import losses
 from ipo_md import optim
+from ipo_md import partitioning
 from ipo_md import profiling
 from ipo_md.decoding import mixture
 from ipo_md.decoding import sampling
@@ -133,7 +139,9 @@ def jax_phases(model, pm: learned.PreferenceModel, shape: Shape, tx):
                                 tau=TAU)
     return jnp.mean(loss_B)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  # Compiled with the Trainer's compiler options (partitioning.sharded_jit).
+  @functools.partial(partitioning.sharded_jit, mesh=sau.one_device_mesh(),
+                     donate_argnums=0)
   def update_fn(state, inputs, samples, label):
     params, opt_state = state
     loss, grads = jax.value_and_grad(loss_fn)(params, inputs, samples, label)
@@ -143,8 +151,10 @@ def jax_phases(model, pm: learned.PreferenceModel, shape: Shape, tx):
   return sample_fn, preference_fn, update_fn
 
 
-def bench_jax(shape: Shape, inputs_np: np.ndarray) -> dict[str, Any]:
-  cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size)
+def bench_jax(shape: Shape, inputs_np: np.ndarray,
+              dtype: str = "float32") -> dict[str, Any]:
+  cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size,
+                          dtype=dtype)
   model = network.Transformer(cfg)
   pm = learned.PreferenceModel(
       network=model, head=learned.PairwiseHead(
@@ -191,18 +201,21 @@ def bench_jax(shape: Shape, inputs_np: np.ndarray) -> dict[str, Any]:
 # ----------------------------------------------------------------------------
 
 
-def bench_torch(shape: Shape, inputs_np: np.ndarray) -> dict[str, Any] | None:
+def bench_torch(shape: Shape, inputs_np: np.ndarray,
+                dtype: str = "float32") -> dict[str, Any] | None:
   mods = hf_loops.import_torch()
   if mods is None:
     return None
   torch, transformers = mods
+  autocast = None if dtype == "float32" else getattr(torch, dtype)
   dev = hf_loops.device(torch)
   cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size)
   policy, ref, pm = (hf_loops.new_model(torch, transformers, cfg, dev,
                                         seed=i) for i in range(3))
   inputs = torch.as_tensor(inputs_np, dtype=torch.long, device=dev)
   mask = inputs != PAD
-  update = hf_loops.make_update(torch, policy, lr=LEARNING_RATE, tau=TAU)
+  update = hf_loops.make_update(torch, policy, lr=LEARNING_RATE, tau=TAU,
+                                autocast=autocast)
   b, t = shape.prompts, shape.new_tokens
   rows = []
   for _ in range(shape.repeats + 1):
@@ -210,12 +223,13 @@ def bench_torch(shape: Shape, inputs_np: np.ndarray) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     policy.eval()
     tokens, ref_logp = hf_loops.mixture_loop(torch, (policy, ref), inputs,
-                                             mask, t, BETA)
+                                             mask, t, BETA, autocast=autocast)
     y, yp = tokens[:b], tokens[b:]
     hf_loops.sync(torch, dev)
     times["sample"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    label = hf_loops.pm_probability(torch, pm, inputs, y, yp, READOUT)
+    label = hf_loops.pm_probability(torch, pm, inputs, y, yp, READOUT,
+                                    autocast=autocast)
     hf_loops.sync(torch, dev)
     times["preference"] = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -242,6 +256,10 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed steps after the first (default: 5 for "
                       "tiny, 2 for t5-small)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+                      default="float32",
+                      help="activation dtype of both frameworks (parameters "
+                      "and optimizer state stay float32)")
   parser.add_argument("--matmul-size", type=int, default=None,
                       help="n of the float32 n^3 matmul (default: 2048 on "
                       "CPU, 8192 on an accelerator)")
@@ -264,9 +282,10 @@ def main(argv=None):
           f"{shape.size!r}, vocab_size={shape.vocab_size}); "
           f"{shape.prompts} prompts x 2 completions, input "
           f"{shape.input_length}, {shape.new_tokens} new tokens, PM input "
-          f"{shape.pm_input_length}, beta={BETA}", flush=True)
-    j = bench_jax(shape, inputs)
-    tc = None if args.no_torch else bench_torch(shape, inputs)
+          f"{shape.pm_input_length}, beta={BETA}, activations "
+          f"{args.dtype}", flush=True)
+    j = bench_jax(shape, inputs, args.dtype)
+    tc = None if args.no_torch else bench_torch(shape, inputs, args.dtype)
     if tc:
       print(f"  PyTorch on {tc['device']}", flush=True)
     results.append((shape, j, tc))

@@ -48,6 +48,7 @@ import numpy as np
 
 from ipo_md import losses
 from ipo_md import optim
+from ipo_md import partitioning
 from ipo_md.decoding import mixture
 from ipo_md.decoding import sampling
 from ipo_md.model import config as config_lib
@@ -139,6 +140,11 @@ def _pair_loss(model, params, batch):
   return jnp.mean(loss_B)
 
 
+def one_device_mesh():
+  """The (1, 1) mesh of JAX's first device."""
+  return partitioning.make_mesh(devices=jax.devices()[:1])
+
+
 def _jax_update(model, params, tx):
   """(description, step(state, batch) -> state, initial state).
 
@@ -171,11 +177,13 @@ def _jax_update(model, params, tx):
         return online.loss(params, frozen, prepared, rng)
 
     schedule = optim.make_schedule(base_learning_rate=LEARNING_RATE)
-    step = jax.jit(
+    # Compiled as the Trainer compiles its step (partitioning.sharded_jit),
+    # here on one device.
+    step = partitioning.sharded_jit(
         lambda state, batch: step_lib.train_step(
             state, batch, None, objective=_UpdateOnly(), tx=tx,
             schedule=schedule)[0],
-        donate_argnums=0)
+        one_device_mesh(), donate_argnums=0)
     # One buffer per leaf: create() may share one constant between fields
     # (the guard's counters), and a donated state must not.
     state = jax.tree.map(jnp.copy, train_state.create(params, tx, seed=0))

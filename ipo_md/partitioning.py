@@ -179,7 +179,26 @@ def sharded_jit(fn: Callable, mesh: Mesh, *, in_shardings=_UNSET,
                               ("out_shardings", out_shardings))
            if v is not _UNSET}
   return jax.jit(traced, donate_argnums=donate_argnums,
-                 static_argnums=static_argnums, **given)
+                 static_argnums=static_argnums,
+                 compiler_options=compiler_options(mesh) or None, **given)
+
+
+# XLA:CPU's default scheduler runs independent ops early, so a step holds
+# many activations at once; its memory-optimised scheduler orders them to
+# free buffers first. On the 2-core dev VM (jax 0.10.2), for the T5-small
+# IPO update of bench/sampler_and_update.py, XLA's temporary buffers fell
+# from 3.55 to 2.72 GiB and the step from 6.2 to 5.8 s (float32); sampling
+# was unchanged.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def compiler_options(mesh: Mesh) -> dict[str, str]:
+  """XLA options for programs compiled on `mesh`: CPU_COMPILER_OPTIONS when
+  every device is a CPU, none otherwise."""
+  if all(d.platform == "cpu" for d in mesh.devices.flat):
+    return dict(CPU_COMPILER_OPTIONS)
+  return {}
 
 
 def _mesh_specs(boxed_abstract_params, mesh: Mesh, rules):

@@ -191,5 +191,29 @@ class ShardingTest(absltest.TestCase):
         - params["decoder"]["logits_dense"]["kernel"]).max()), 1e-4)
 
 
+class CompilerOptionsTest(absltest.TestCase):
+
+  def test_sharded_jit_schedules_cpu_programs_for_memory(self):
+    # Eight independent dots, each reduced at once: the default XLA:CPU
+    # scheduler runs the dots first and holds their [512, 512] results
+    # together; the memory-optimised one frees each before the next.
+    def f(x, ws):
+      total = 0.0
+      for i in range(ws.shape[0]):
+        total = total + jnp.sum(jnp.tanh(jnp.dot(x, ws[i])))
+      return total
+
+    args = (jax.ShapeDtypeStruct((512, 256), jnp.float32),
+            jax.ShapeDtypeStruct((8, 256, 512), jnp.float32))
+    mesh = _mesh(1, 1)
+    self.assertEqual(partitioning.compiler_options(mesh),
+                     partitioning.CPU_COMPILER_OPTIONS)
+    temp = lambda jitted: jitted.lower(*args).compile().memory_analysis(
+    ).temp_size_in_bytes
+    one_result = 512 * 512 * 4
+    self.assertGreaterEqual(temp(jax.jit(f)), 3 * one_result)
+    self.assertLess(temp(partitioning.sharded_jit(f, mesh)), 2 * one_result)
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -37,6 +37,10 @@ import jax
 import jax.numpy as jnp
 
 
+def _is_f32(dtype) -> bool:
+  return jnp.dtype(dtype) == jnp.float32
+
+
 def transpose(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
   """jnp.transpose(x, perm), materialised: XLA does not fold it into a dot.
 
@@ -64,9 +68,8 @@ def transpose_last2(x: jax.Array) -> jax.Array:
 
 def layout(x: jax.Array, perm: tuple[int, ...], dtype) -> jax.Array:
   """jnp.transpose(x, perm) for an operand of a `dtype` dot: materialised
-  unless `dtype` is float32, whose dots take transposed operands at about
-  the plain form's rate."""
-  if jnp.dtype(dtype) == jnp.float32:
+  unless `dtype` is float32 (see `matmul`)."""
+  if _is_f32(dtype):
     return jnp.transpose(x, perm)
   return transpose(x, perm)
 
@@ -75,9 +78,13 @@ def _dot(a, b):
   return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def matmul(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype) -> jax.Array:
   """x @ w, operands in `dtype`, accumulated in float32, cast to `out_dtype`.
+
+  In float32 this is the plain jnp.dot under autodiff: XLA's float32 dots
+  take transposed operands at 80-90 % of the plain form's rate, so a
+  materialised transpose would cost more than it saves, and the numbers stay
+  those of earlier releases bit for bit.
 
   Args:
     x_NxK: [N, K] activations (any float dtype).
@@ -89,6 +96,13 @@ def matmul(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype) -> jax.Array:
   Returns:
     [N, M] in `out_dtype`.
   """
+  if _is_f32(dtype):
+    return _dot(x_NxK.astype(dtype), w_KxM.astype(dtype)).astype(out_dtype)
+  return _fast_matmul(x_NxK, w_KxM, dtype, out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _fast_matmul(x_NxK, w_KxM, dtype, out_dtype):
   return _dot(x_NxK.astype(dtype), w_KxM.astype(dtype)).astype(out_dtype)
 
 
@@ -103,20 +117,12 @@ def _bwd(dtype, out_dtype, residuals, g_NxM):
   del out_dtype
   x_c, w_c, (x_like, w_like) = residuals
   g = g_NxM.astype(dtype)
-  if jnp.dtype(dtype) == jnp.float32:
-    # float32 dots with a transposed operand run at 80-90 % of the plain
-    # form's rate; a materialised transpose costs more than it saves.
-    dx = jax.lax.dot_general(g, w_c, (((1,), (1,)), ((), ())),
-                             preferred_element_type=jnp.float32)
-    dw = jax.lax.dot_general(x_c, g, (((0,), (0,)), ((), ())),
-                             preferred_element_type=jnp.float32)
-  else:
-    dx = _dot(g, transpose_2d(w_c))
-    dw = _dot(transpose_2d(x_c), g)
+  dx = _dot(g, transpose_2d(w_c))
+  dw = _dot(transpose_2d(x_c), g)
   return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
 
 
-matmul.defvjp(_fwd, _bwd)
+_fast_matmul.defvjp(_fwd, _bwd)
 
 
 def _bdot(a, b):
@@ -127,11 +133,19 @@ def _bdot(a, b):
                              preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def batched_matmul(a: jax.Array, b: jax.Array, dtype, out_dtype) -> jax.Array:
   """a @ b over the leading (batch) axes: [..., M, K] x [..., K, N] ->
   [..., M, N], operands in `dtype`, accumulated in float32, cast to
-  `out_dtype`; the gradients' dots are plain as in `matmul`."""
+  `out_dtype`; the gradients' dots are plain as in `matmul` (in float32:
+  jnp.einsum under autodiff)."""
+  if _is_f32(dtype):
+    return jnp.einsum("...mk,...kn->...mn", a.astype(dtype), b.astype(dtype),
+                      preferred_element_type=jnp.float32).astype(out_dtype)
+  return _fast_batched_matmul(a, b, dtype, out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _fast_batched_matmul(a, b, dtype, out_dtype):
   return _bdot(a.astype(dtype), b.astype(dtype)).astype(out_dtype)
 
 
@@ -145,12 +159,8 @@ def _bbwd(dtype, out_dtype, residuals, g):
   del out_dtype
   a_c, b_c, (a_like, b_like) = residuals
   g = g.astype(dtype)
-  if jnp.dtype(dtype) == jnp.float32:
-    t = lambda x: jnp.swapaxes(x, -1, -2)  # See _bwd.
-  else:
-    t = transpose_last2
-  return (_bdot(g, t(b_c)).astype(a_like.dtype),
-          _bdot(t(a_c), g).astype(b_like.dtype))
+  return (_bdot(g, transpose_last2(b_c)).astype(a_like.dtype),
+          _bdot(transpose_last2(a_c), g).astype(b_like.dtype))
 
 
-batched_matmul.defvjp(_bfwd, _bbwd)
+_fast_batched_matmul.defvjp(_bfwd, _bbwd)

@@ -361,12 +361,23 @@ def bench_torch(shape: Shape, data, bf16: bool) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------
 
 
-def _update_child(framework: str, shape_name: str) -> None:
+# JAX model configurations whose peak memory is measured beside PyTorch's
+# float32 update: name -> T5Config overrides.
+MEMORY_VARIANTS = {
+    "float32": {},
+    "bf16": {"dtype": "bfloat16"},
+    "bf16_remat": {"dtype": "bfloat16", "remat": "full"},
+}
+
+
+def _update_child(framework: str, shape_name: str,
+                  variant: str = "float32") -> None:
   """Child process: two updates of `shape_name`, then prints ru_maxrss."""
   shape = {s.name: s for s in SHAPES}[shape_name]
   data = _pairs(np.random.default_rng(0), shape)
   cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size)
   if framework == "jax":
+    cfg = cfg.replace(**MEMORY_VARIANTS[variant])
     model = network.Transformer(cfg)
     params = jax.jit(lambda r: scoring.init_params(model, r))(
         jax.random.key(0))
@@ -406,14 +417,16 @@ def _peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def peak_update_memory(shape: Shape, frameworks) -> dict[str, float | None]:
-  """Peak RSS (bytes) of a process that runs two updates, per framework."""
+def peak_update_memory(shape: Shape, frameworks,
+                       variant: str = "float32") -> dict[str, float | None]:
+  """Peak RSS (bytes) of a process that runs two updates, per framework
+  (the JAX model in MEMORY_VARIANTS[variant]; PyTorch's in float32)."""
   out = {}
   for framework in frameworks:
     proc = subprocess.run(
         [sys.executable, __file__, "--_update-child", framework,
-         "--_shape", shape.name], capture_output=True, text=True,
-        check=False)
+         "--_shape", shape.name, "--_variant", variant],
+        capture_output=True, text=True, check=False)
     lines = [l for l in proc.stdout.splitlines()
              if l.startswith("PEAK_RSS_BYTES")]
     if proc.returncode or not lines:
@@ -458,9 +471,10 @@ def main(argv=None):
                       "two updates in a child process)")
   parser.add_argument("--_update-child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_shape", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--_variant", default="float32", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args._update_child:  # pylint: disable=protected-access
-    _update_child(args._update_child, args._shape)  # pylint: disable=protected-access
+    _update_child(args._update_child, args._shape, args._variant)  # pylint: disable=protected-access
     return
 
   backend = jax.default_backend()
@@ -524,6 +538,13 @@ def main(argv=None):
       rows.append((shape.name, "update peak RSS (GiB, own process)", gb(jm),
                    gb(tm), f"{jm / tm:.2f} of torch" if jm and tm else "n/a",
                    ""))
+      if not args.no_bf16:
+        for variant, label in (("bf16", "bf16"),
+                               ("bf16_remat", "bf16, remat=full")):
+          vm = peak_update_memory(shape, ("jax",), variant).get("jax")
+          rows.append((shape.name, f"  JAX {label} (GiB; torch: float32)",
+                       gb(vm), gb(tm),
+                       f"{vm / tm:.2f} of torch" if vm and tm else "n/a", ""))
 
   # Measured again at the end; the best of the two is the denominator, so a
   # busy machine at either moment does not inflate the fraction.

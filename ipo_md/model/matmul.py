@@ -12,23 +12,25 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""2-D matmuls whose forward and backward dots all take XLA:CPU's fast path.
+"""Matmuls whose forward and backward dots all take XLA:CPU's fast path.
 
 XLA:CPU (jax 0.10) multiplies bfloat16 operands with AMX only when the dot
-is in the plain form [N, K] x [K, M] and accumulates in float32. Any other
-form, such as the transposed operands that autodiff gives the backward pass
-(dy @ w.T, x.T @ dy) or a bfloat16 result, is converted to a float32 dot:
-on the 2-core dev VM a bf16 [4096, 512] x [512, 1024] dot ran at 1,300-1,900
-GFLOP/s in the plain form and at 230-290 in the others, no faster than
-float32 (bench/sampler_and_update.py's T5-small update in bf16 was slower
-than in float32). XLA folds an explicit 2-D transpose back into the dot, but
-not a transpose through a rank-3 view (`transpose_2d`), so `matmul`'s custom
-gradient materialises the transposed operand and keeps every dot plain.
+is in the plain form [N, K] x [K, M] (with any batch axes in front) and
+accumulates in float32. Any other form, such as the transposed operands that
+autodiff gives the backward pass (dy @ w.T, x.T @ dy) or a bfloat16 result,
+is converted to a float32 dot: on the 2-core dev VM a bf16 [4096, 512] x
+[512, 1024] dot ran at 1,300-1,900 GFLOP/s in the plain form and at 230-290
+in the others, no faster than float32 (bench/sampler_and_update.py's T5-small
+update in bf16 was slower than in float32). XLA folds an explicit transpose
+back into the dot, but not one through a view with an extra unit axis
+(`transpose`), so the custom gradient here materialises each transposed
+operand and keeps every dot plain. `layout` does the same for the attention's
+head transposes in the forward pass.
 
-Numbers: the forward is jnp.dot(x, w, preferred_element_type=float32) with
-both operands in `dtype`; the gradients are the same products of the
-incoming gradient (cast to `dtype`) accumulated in float32, so a float32
-kernel's gradient is returned in float32 without rounding to `dtype`.
+Numbers: the forward is a dot of both operands in `dtype` accumulated in
+float32; the gradients are the same products of the incoming gradient (cast
+to `dtype`), so a float32 kernel's gradient is returned in float32 without
+rounding to `dtype`. In float32 everything is the plain dot under autodiff.
 """
 
 import functools
@@ -101,38 +103,6 @@ def matmul(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype) -> jax.Array:
   return _fast_matmul(x_NxK, w_KxM, dtype, out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _fast_matmul(x_NxK, w_KxM, dtype, out_dtype):
-  return _dot(x_NxK.astype(dtype), w_KxM.astype(dtype)).astype(out_dtype)
-
-
-def _fwd(x, w, dtype, out_dtype):
-  x_c, w_c = x.astype(dtype), w.astype(dtype)
-  # The primals' dtypes ride along as empty arrays (residuals must be arrays).
-  like = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
-  return _dot(x_c, w_c).astype(out_dtype), (x_c, w_c, like)
-
-
-def _bwd(dtype, out_dtype, residuals, g_NxM):
-  del out_dtype
-  x_c, w_c, (x_like, w_like) = residuals
-  g = g_NxM.astype(dtype)
-  dx = _dot(g, transpose_2d(w_c))
-  dw = _dot(transpose_2d(x_c), g)
-  return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
-
-
-_fast_matmul.defvjp(_fwd, _bwd)
-
-
-def _bdot(a, b):
-  """[..., M, K] x [..., K, N] -> float32 [..., M, N], same batch axes."""
-  k = a.ndim - 2
-  batch = tuple(range(k))
-  return jax.lax.dot_general(a, b, (((k + 1,), (k,)), (batch, batch)),
-                             preferred_element_type=jnp.float32)
-
-
 def batched_matmul(a: jax.Array, b: jax.Array, dtype, out_dtype) -> jax.Array:
   """a @ b over the leading (batch) axes: [..., M, K] x [..., K, N] ->
   [..., M, N], operands in `dtype`, accumulated in float32, cast to
@@ -141,21 +111,32 @@ def batched_matmul(a: jax.Array, b: jax.Array, dtype, out_dtype) -> jax.Array:
   if _is_f32(dtype):
     return jnp.einsum("...mk,...kn->...mn", a.astype(dtype), b.astype(dtype),
                       preferred_element_type=jnp.float32).astype(out_dtype)
-  return _fast_batched_matmul(a, b, dtype, out_dtype)
+  return _fast_matmul(a, b, dtype, out_dtype)
+
+
+def _bdot(a, b):
+  """[..., M, K] x [..., K, N] -> float32 [..., M, N], same batch axes (none
+  for 2-D operands: the plain matmul)."""
+  k = a.ndim - 2
+  batch = tuple(range(k))
+  return jax.lax.dot_general(a, b, (((k + 1,), (k,)), (batch, batch)),
+                             preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _fast_batched_matmul(a, b, dtype, out_dtype):
+def _fast_matmul(a, b, dtype, out_dtype):
+  """`batched_matmul` (or the 2-D `matmul`) whose gradient dots are plain."""
   return _bdot(a.astype(dtype), b.astype(dtype)).astype(out_dtype)
 
 
-def _bfwd(a, b, dtype, out_dtype):
+def _fwd(a, b, dtype, out_dtype):
   a_c, b_c = a.astype(dtype), b.astype(dtype)
+  # The primals' dtypes ride along as empty arrays (residuals must be arrays).
   like = (jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
   return _bdot(a_c, b_c).astype(out_dtype), (a_c, b_c, like)
 
 
-def _bbwd(dtype, out_dtype, residuals, g):
+def _bwd(dtype, out_dtype, residuals, g):
   del out_dtype
   a_c, b_c, (a_like, b_like) = residuals
   g = g.astype(dtype)
@@ -163,4 +144,4 @@ def _bbwd(dtype, out_dtype, residuals, g):
           _bdot(transpose_last2(a_c), g).astype(b_like.dtype))
 
 
-_fast_batched_matmul.defvjp(_bfwd, _bbwd)
+_fast_matmul.defvjp(_fwd, _bwd)

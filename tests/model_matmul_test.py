@@ -109,9 +109,10 @@ def _dot_operand_types(hlo: str) -> list[tuple[str, str]]:
   return found
 
 
-class CompiledProgramTest(absltest.TestCase):
+class CompiledProgramTest(parameterized.TestCase):
 
-  def test_bfloat16_t5_gradient_keeps_every_dot_in_bfloat16(self):
+  @parameterized.named_parameters(("t5_1_1", False), ("t5_1_0_tied", True))
+  def test_bfloat16_t5_gradient_keeps_every_dot_in_bfloat16(self, tied):
     # XLA:CPU runs a bf16 dot in bf16 only in the plain form with a float32
     # result; any other form (autodiff's transposed operands, a bf16 result)
     # becomes a float32 dot of converted operands, 5-8x slower on the AMX
@@ -120,7 +121,8 @@ class CompiledProgramTest(absltest.TestCase):
     # must therefore read bf16 operands.
     cfg = config_lib.T5Config(
         vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=64,
-        num_encoder_layers=1, num_decoder_layers=1, dtype="bfloat16")
+        num_encoder_layers=1, num_decoder_layers=1, dtype="bfloat16",
+        logits_via_embedding=tied)
     model = network.Transformer(cfg)
     params = jax.eval_shape(
         lambda: jax.tree.map(lambda x: x, scoring.init_params(

@@ -350,5 +350,6 @@ class Embed(nn.Module):
 
   def attend(self, x_BxLxE: jax.Array) -> jax.Array:
     """Float32 logits against the embedding (operands in `dtype`)."""
-    return _matmul_2d(x_BxLxE, matmul.transpose_2d(self.embedding),
+    return _matmul_2d(x_BxLxE, matmul.layout(self.embedding, (1, 0),
+                                             self.dtype),
                       self.dtype, jnp.float32)

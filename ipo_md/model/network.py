@@ -222,11 +222,12 @@ class Transformer(nn.Module):
 def output_kernel(cfg: config_lib.T5Config, params) -> jax.Array:
   """The output layer [E, V] in the parameters' dtype: logits_dense, or the
   transposed embedding when tied (the decoder has already scaled its input),
-  materialised so that a dot with it stays on XLA:CPU's fast path
-  (`matmul.transpose_2d`). Callers cast it to the compute dtype.
+  materialised outside float32 so that a dot with it stays on XLA:CPU's
+  fast path (`matmul.layout`). Callers cast it to the compute dtype.
   """
   if cfg.logits_via_embedding:
-    return matmul.transpose_2d(params["token_embedder"]["embedding"])
+    return matmul.layout(params["token_embedder"]["embedding"], (1, 0),
+                         cfg.jnp_dtype)
   return params["decoder"]["logits_dense"]["kernel"]
 
 

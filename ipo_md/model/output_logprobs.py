@@ -81,11 +81,9 @@ def _fwd(h_NxE, w_ExV, targets_N, rows):
 def _bwd(rows, residuals, g_N):
   h_NxE, w_ExV, targets_N, lse_N, w_like = residuals
   n, v = h_NxE.shape[0], w_ExV.shape[1]
-  # Both gradient dots in the plain form (see ipo_md.model.matmul), except
-  # in float32, where transposed operands cost less than transposing.
-  plain = jnp.dtype(w_ExV.dtype) != jnp.float32
-  w_VxE = matmul.transpose_2d(w_ExV) if plain else w_ExV.T
-  h_t = matmul.transpose_2d if plain else jnp.transpose
+  # Both gradient dots in the plain form outside float32 (matmul.layout).
+  transpose = lambda x: matmul.layout(x, (1, 0), w_ExV.dtype)
+  w_VxE = transpose(w_ExV)
 
   def one(dw, args):
     h, t, lse, g = args
@@ -94,7 +92,7 @@ def _bwd(rows, residuals, g_N):
     dlogits = (jnp.where(onehot, 1.0, 0.0) - p) * g[:, None]
     d = dlogits.astype(w_ExV.dtype)
     dh = jnp.dot(d, w_VxE, preferred_element_type=jnp.float32)
-    dw = dw + jnp.dot(h_t(h), d, preferred_element_type=jnp.float32)
+    dw = dw + jnp.dot(transpose(h), d, preferred_element_type=jnp.float32)
     return dw, dh.astype(h_NxE.dtype)
 
   dw, dh = jax.lax.scan(

@@ -16,6 +16,7 @@
 bfloat16 T5's compiled gradient keeps every dot in bfloat16."""
 
 import re
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -81,6 +82,24 @@ class MatmulTest(parameterized.TestCase):
     # Kept in float32: most entries are not bf16 numbers.
     dw = np.asarray(dw)
     self.assertGreater(np.mean(_bf16(dw) != dw), 0.9)
+
+  def test_off_the_cpu_bf16_is_the_plain_dot_under_autodiff(self):
+    # GPUs and TPUs take transposed bf16 operands natively: there the
+    # gradient is autodiff's, bit for bit, with no materialised transpose.
+    x, w, g = self._data([(6, 5), (5, 3), (6, 3)])
+    plain = lambda x, w: jnp.sum(jnp.dot(
+        x.astype(BF16), w.astype(BF16), preferred_element_type=F32) * g)
+    ours = lambda x, w: jnp.sum(matmul.matmul(x, w, BF16, F32) * g)
+    with mock.patch.object(jax, "default_backend", return_value="gpu"):
+      got = jax.grad(ours, (0, 1))(x, w)
+      text = jax.jit(jax.grad(ours, (0, 1))).lower(x, w).as_text()
+    for a, b in zip(jax.grad(plain, (0, 1))(x, w), got):
+      np.testing.assert_array_equal(a, b)
+    # The CPU path's materialised transposes go through [M, 1, N] views.
+    unit_view = r"tensor<\d+x1x\d+xbf16>"
+    self.assertNotRegex(text, unit_view)
+    self.assertRegex(jax.jit(jax.grad(ours, (0, 1))).lower(x, w).as_text(),
+                     unit_view)
 
   @parameterized.parameters(F32, BF16)
   def test_batched_matmul_gradients(self, dtype):

@@ -30,7 +30,8 @@ head transposes in the forward pass.
 Numbers: the forward is a dot of both operands in `dtype` accumulated in
 float32; the gradients are the same products of the incoming gradient (cast
 to `dtype`), so a float32 kernel's gradient is returned in float32 without
-rounding to `dtype`. In float32 everything is the plain dot under autodiff.
+rounding to `dtype`. In float32, and on GPUs and TPUs, everything is the
+plain dot under autodiff (`_plain`).
 """
 
 import functools
@@ -39,8 +40,12 @@ import jax
 import jax.numpy as jnp
 
 
-def _is_f32(dtype) -> bool:
-  return jnp.dtype(dtype) == jnp.float32
+def _plain(dtype) -> bool:
+  """Whether dots of `dtype` operands are left to autodiff and XLA: in
+  float32, and on every backend but the CPU (GPUs and TPUs multiply
+  transposed bf16 operands natively, where a materialised transpose would
+  only add memory traffic; checked at trace time on JAX's default backend)."""
+  return jnp.dtype(dtype) == jnp.float32 or jax.default_backend() != "cpu"
 
 
 def transpose(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
@@ -70,8 +75,8 @@ def transpose_last2(x: jax.Array) -> jax.Array:
 
 def layout(x: jax.Array, perm: tuple[int, ...], dtype) -> jax.Array:
   """jnp.transpose(x, perm) for an operand of a `dtype` dot: materialised
-  unless `dtype` is float32 (see `matmul`)."""
-  if _is_f32(dtype):
+  on the CPU outside float32 (see `_plain`)."""
+  if _plain(dtype):
     return jnp.transpose(x, perm)
   return transpose(x, perm)
 
@@ -83,10 +88,10 @@ def _dot(a, b):
 def matmul(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype) -> jax.Array:
   """x @ w, operands in `dtype`, accumulated in float32, cast to `out_dtype`.
 
-  In float32 this is the plain jnp.dot under autodiff: XLA's float32 dots
-  take transposed operands at 80-90 % of the plain form's rate, so a
-  materialised transpose would cost more than it saves, and the numbers stay
-  those of earlier releases bit for bit.
+  In float32, and off the CPU, this is the plain jnp.dot under autodiff
+  (`_plain`): XLA:CPU's float32 dots take transposed operands at 80-90 % of
+  the plain form's rate, so a materialised transpose would cost more than it
+  saves, and float32 numbers stay those of earlier releases bit for bit.
 
   Args:
     x_NxK: [N, K] activations (any float dtype).
@@ -98,7 +103,7 @@ def matmul(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype) -> jax.Array:
   Returns:
     [N, M] in `out_dtype`.
   """
-  if _is_f32(dtype):
+  if _plain(dtype):
     return _dot(x_NxK.astype(dtype), w_KxM.astype(dtype)).astype(out_dtype)
   return _fast_matmul(x_NxK, w_KxM, dtype, out_dtype)
 
@@ -106,9 +111,9 @@ def matmul(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype) -> jax.Array:
 def batched_matmul(a: jax.Array, b: jax.Array, dtype, out_dtype) -> jax.Array:
   """a @ b over the leading (batch) axes: [..., M, K] x [..., K, N] ->
   [..., M, N], operands in `dtype`, accumulated in float32, cast to
-  `out_dtype`; the gradients' dots are plain as in `matmul` (in float32:
+  `out_dtype`; the gradients' dots are plain as in `matmul` (where `_plain`:
   jnp.einsum under autodiff)."""
-  if _is_f32(dtype):
+  if _plain(dtype):
     return jnp.einsum("...mk,...kn->...mn", a.astype(dtype), b.astype(dtype),
                       preferred_element_type=jnp.float32).astype(out_dtype)
   return _fast_matmul(a, b, dtype, out_dtype)

@@ -42,6 +42,7 @@ transformers = pytest.importorskip("transformers")
 from ipo_md import logprobs  # pylint: disable=g-import-not-at-top
 from ipo_md.checkpoints import hf  # pylint: disable=g-import-not-at-top
 from ipo_md.decoding import sampling  # pylint: disable=g-import-not-at-top
+from ipo_md.model import layers  # pylint: disable=g-import-not-at-top
 from ipo_md.model import network  # pylint: disable=g-import-not-at-top
 from ipo_md.model import scoring  # pylint: disable=g-import-not-at-top
 
@@ -161,6 +162,21 @@ class HfParityTest(parameterized.TestCase):
     np.testing.assert_allclose(np.asarray(ours_lp.sequence),
                                (token * mask).sum(1), atol=F32_ATOL, rtol=0,
                                err_msg=f"{variant} sequence log-probs")
+
+  @parameterized.parameters("v1_1", "v1_0")
+  def test_long_inputs_match_float32(self, variant):
+    # Over NORMALISE_AFTER_KEYS encoder tokens the encoder's and the cross
+    # attention's weights are normalised after the product with the values
+    # (layers.dot_product_attention); still the same model as transformers'.
+    s = layers.NORMALISE_AFTER_KEYS + 12
+    rng = np.random.RandomState(1)
+    inputs = rng.randint(2, V, (B, s)).astype(np.int32)
+    inputs[1, s - 30:] = 0
+    model, params = self._ours(variant)
+    ours = _apply(model, params, inputs, self.decoder_inputs)
+    theirs = _hf_logits(self.models[variant], inputs, self.decoder_inputs)
+    np.testing.assert_allclose(ours, theirs, atol=F32_ATOL, rtol=0,
+                               err_msg=f"{variant} logits, {s} input tokens")
 
   @parameterized.parameters("v1_1", "v1_0")
   def test_greedy_decoding_identical(self, variant):

@@ -22,6 +22,7 @@ reimplementation, a hand formula) or checks an exact invariant.
 import functools
 import math
 import re
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -512,13 +513,15 @@ def _np_attention(q, k, v, bias, r, keep=None, rate=0.0):
 
 
 class DotProductAttentionTest(parameterized.TestCase):
-  """The attention core against float64 numpy. bfloat16 normalises after the
-  product (unnormalised weights times values, then divided by the row sums);
-  float32 keeps the softmax before it. Both must be the same attention."""
+  """The attention core against float64 numpy, in both of its forms: float32
+  over fewer than NORMALISE_AFTER_KEYS keys takes the softmax before the
+  product with the values; more keys, and bfloat16, normalise after it
+  (unnormalised weights times values, then divided by the row sums). All
+  must be the same attention."""
 
-  def _inputs(self, dtype):
+  def _inputs(self, dtype, s=7):
     rng = np.random.default_rng(0)
-    r, b, l, h, d, s = 2, 3, 5, 2, 8, 7
+    r, b, l, h, d = 2, 3, 5, 2, 8
     q = rng.normal(size=(r * b, l, h, d))
     k = rng.normal(size=(b, h, d, s))
     v = rng.normal(size=(b, h, s, d))
@@ -532,9 +535,11 @@ class DotProductAttentionTest(parameterized.TestCase):
     cast = lambda x: jnp.asarray(x, dtype)
     return r, (cast(q), cast(k), cast(v), jnp.asarray(bias, jnp.float32))
 
-  @parameterized.parameters(("float32", 1e-5), ("bfloat16", 2e-2))
-  def test_equals_float64_softmax_attention(self, dtype, tol):
-    r, (q, k, v, bias) = self._inputs(dtype)
+  @parameterized.product(dtype_tol=(("float32", 1e-5), ("bfloat16", 2e-2)),
+                         keys=(7, layers.NORMALISE_AFTER_KEYS + 3))
+  def test_equals_float64_softmax_attention(self, dtype_tol, keys):
+    dtype, tol = dtype_tol
+    r, (q, k, v, bias) = self._inputs(dtype, keys)
     y = layers.dot_product_attention(q, k, v, bias)
     self.assertEqual(y.dtype, jnp.dtype(dtype))
     want = _np_attention(*(_bf16(x) if dtype == "bfloat16" else
@@ -543,9 +548,11 @@ class DotProductAttentionTest(parameterized.TestCase):
     np.testing.assert_allclose(np.asarray(y, np.float64), want, atol=tol,
                                rtol=tol)
 
-  @parameterized.parameters(("float32", 1e-5), ("bfloat16", 3e-2))
-  def test_dropout_applies_to_the_normalised_weights(self, dtype, tol):
-    r, (q, k, v, bias) = self._inputs(dtype)
+  @parameterized.product(dtype_tol=(("float32", 1e-5), ("bfloat16", 3e-2)),
+                         keys=(7, layers.NORMALISE_AFTER_KEYS + 3))
+  def test_dropout_applies_to_the_normalised_weights(self, dtype_tol, keys):
+    dtype, tol = dtype_tol
+    r, (q, k, v, bias) = self._inputs(dtype, keys)
     rng, rate = jax.random.key(7), 0.25
     y = layers.dot_product_attention(q, k, v, bias, rng, rate)
     b, h, _, s = k.shape
@@ -558,8 +565,21 @@ class DotProductAttentionTest(parameterized.TestCase):
     np.testing.assert_allclose(np.asarray(y, np.float64), want, atol=tol,
                                rtol=tol)
 
-  def test_bfloat16_gradient_close_to_float32(self):
-    r, (q, k, v, bias) = self._inputs("float32")
+  @parameterized.parameters(7, layers.NORMALISE_AFTER_KEYS + 3)
+  def test_float32_forms_differ_only_by_rounding(self, keys):
+    # The other form, forced by moving the threshold, gives other bits (so
+    # the default really took its own form) within float32 rounding.
+    _, (q, k, v, bias) = self._inputs("float32", keys)
+    y = layers.dot_product_attention(q, k, v, bias)
+    other = 0 if keys < layers.NORMALISE_AFTER_KEYS else 10 ** 9
+    with mock.patch.object(layers, "NORMALISE_AFTER_KEYS", other):
+      y_other = layers.dot_product_attention(q, k, v, bias)
+    self.assertFalse(np.array_equal(np.asarray(y), np.asarray(y_other)))
+    np.testing.assert_allclose(y, y_other, rtol=1e-5, atol=1e-6)
+
+  @parameterized.parameters(7, layers.NORMALISE_AFTER_KEYS + 3)
+  def test_bfloat16_gradient_close_to_float32(self, keys):
+    r, (q, k, v, bias) = self._inputs("float32", keys)
     g = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
 
     def grads(dtype):

@@ -142,6 +142,11 @@ class RelativePositionBias(nn.Module):
     return bias_HxLxS[None]
 
 
+# Float32 attention over at least this many keys normalises its weights
+# after the product with the values (see dot_product_attention).
+NORMALISE_AFTER_KEYS = 128
+
+
 def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
                           dropout_rng=None, dropout_rate=0.0) -> jax.Array:
   """Unscaled (T5) attention; softmax in float32. Returns [B, L, H, D].
@@ -152,6 +157,18 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
   During decoding they are the KV cache, where a transpose would copy the
   whole cache at every step; with keys [b, H, S, D] instead, XLA:CPU's
   batched matmul was 10x slower at T5-small decoding shapes.
+
+  The weights are normalised before or after the product with the values:
+  softmax(logits) @ v, or (exp(logits - max) @ v) / sum(exp(logits - max))
+  with the unnormalised weights in (0, 1] rounded to the compute dtype and
+  the product and sums in float32. The two are the same attention up to
+  rounding. After is faster on XLA:CPU, which otherwise fuses the softmax
+  into the product at a high cost: forward 1.4-2.9x faster at 32-385 keys
+  (bf16 and float32); under autodiff in float32 it is slower below about
+  128 keys and up to 1.4x faster at 256. So float32 with fewer than
+  NORMALISE_AFTER_KEYS keys (the built-in task's models, whose numbers stay
+  those of earlier releases bit for bit) normalises first; every other case
+  normalises after.
 
   The keys and values may have fewer rows than the queries: with B = R * b,
   query row r * b + i attends to key/value row i (R completions of each of b
@@ -181,26 +198,20 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
   logits = matmul.batched_matmul(q.reshape(b, h, r * l, d), k_bxHxDxS, dtype,
                                  jnp.float32)
   logits = logits.reshape(b, h, r, l, s) + _grouped_bias(bias, r, b)
-  if dtype == jnp.float32:
+  softmax_first = dtype == jnp.float32 and s < NORMALISE_AFTER_KEYS
+  if softmax_first:
     weights = jax.nn.softmax(logits, axis=-1)
   else:
-    # Normalised after the product (see below): exp(logits - max) only.
     weights = jnp.exp(logits - jax.lax.stop_gradient(
         jnp.max(logits, axis=-1, keepdims=True)))
     norm = jnp.sum(weights, axis=-1, keepdims=True)
   if dropout_rng is not None and dropout_rate > 0:
     keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, weights.shape)
     weights = weights * keep / (1 - dropout_rate)
-  if dtype == jnp.float32:
+  if softmax_first:
     y = matmul.batched_matmul(weights.reshape(b, h, r * l, s), v_bxHxSxD,
                               dtype, v_bxHxSxD.dtype)
   else:
-    # Outside float32 the unnormalised weights (in (0, 1], rounded to the
-    # compute dtype like the normalised ones would be) meet the values, and
-    # the float32 product is divided by the float32 row sums: on XLA:CPU
-    # this ran 1.65x faster than a softmax fused into the product (bf16,
-    # [32, 6, 385, 385] x [.., 385, 64]). Float32 keeps the softmax, so its
-    # numbers stay those of the reference implementations bit for bit.
     y = matmul.batched_matmul(weights.reshape(b, h, r * l, s), v_bxHxSxD,
                               dtype, jnp.float32)
     y = (y.reshape(b, h, r, l, d) / norm).astype(v_bxHxSxD.dtype)

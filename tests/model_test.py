@@ -594,6 +594,67 @@ class DotProductAttentionTest(parameterized.TestCase):
       self.assertLess(err, 0.05 * np.abs(np.asarray(g32)).max())
 
 
+class SingleQueryCrossAttentionTest(parameterized.TestCase):
+  """Cross-attention of one query per row (a preference or reward model's
+  first decoder step) skips the keys and values of the encoder output; it
+  must be the attention of the general path (here: the same rows asked with
+  a second, ignored query), in values and in every gradient."""
+
+  def _module_and_inputs(self, dtype):
+    m = layers.MultiHeadAttention(num_heads=3, head_dim=8, out_features=16,
+                                  is_cross=True, dtype=dtype)
+    rng = np.random.default_rng(0)
+    r, b, s = 2, 3, 150  # 2 queries per encoder row; 150 >= 128 keys.
+    x_q = jnp.asarray(rng.normal(size=(r * b, 1, 16)), jnp.float32)
+    x_kv = jnp.asarray(rng.normal(size=(b, s, 16)), jnp.float32)
+    keys_ok = np.ones((r * b, 1, 1, s), bool)
+    keys_ok[1, ..., 100:] = False  # Padding of a prompt.
+    bias = jnp.where(jnp.asarray(keys_ok), 0.0, -1e10)
+    params = m.init(jax.random.key(0), x_q, x_kv, bias)
+    return m, params, x_q, x_kv, bias
+
+  @parameterized.parameters(("float32", 1e-5), ("bfloat16", 3e-2))
+  def test_values_and_gradients_equal_the_general_path(self, dtype, tol):
+    m, params, x_q, x_kv, bias = self._module_and_inputs(dtype)
+    g = jnp.asarray(np.random.default_rng(1).normal(size=(6, 1, 16)),
+                    jnp.float32)
+
+    def single(p, x_q, x_kv):
+      return m.apply(p, x_q, x_kv, bias).astype(jnp.float32)
+
+    def general(p, x_q, x_kv):  # Two queries per row: the usual path.
+      both = jnp.concatenate([x_q, jnp.zeros_like(x_q)], axis=1)
+      return m.apply(p, both, x_kv, bias)[:, :1].astype(jnp.float32)
+
+    np.testing.assert_allclose(single(params, x_q, x_kv),
+                               general(params, x_q, x_kv), rtol=tol, atol=tol)
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * g)
+    got = jax.grad(loss(single), argnums=(0, 1, 2))(params, x_q, x_kv)
+    want = jax.grad(loss(general), argnums=(0, 1, 2))(params, x_q, x_kv)
+    leaves = zip(jax.tree_util.tree_leaves(got),
+                 jax.tree_util.tree_leaves(want))
+    for a, b in leaves:
+      scale = np.abs(np.asarray(b)).max()
+      np.testing.assert_allclose(a, b, rtol=0, atol=tol * scale)
+
+  def test_same_parameters_as_the_general_path(self):
+    m, params, x_q, x_kv, bias = self._module_and_inputs("float32")
+    both = jnp.concatenate([x_q, x_q], axis=1)
+    other = m.init(jax.random.key(0), both, x_kv, bias)
+    for a, b in zip(jax.tree_util.tree_leaves(params),
+                    jax.tree_util.tree_leaves(other)):
+      np.testing.assert_array_equal(a, b)
+
+  def test_attention_dropout_applies(self):
+    m, params, x_q, x_kv, bias = self._module_and_inputs("float32")
+    m = m.clone(dropout_rate=0.5)
+    kept = m.apply(params, x_q, x_kv, bias)
+    dropped = m.apply(params, x_q, x_kv, bias, deterministic=False,
+                      rngs={"dropout": jax.random.key(3)})
+    self.assertTrue(np.isfinite(np.asarray(dropped)).all())
+    self.assertFalse(np.allclose(kept, dropped))
+
+
 def _np_bucket(rel, *, bidirectional, num_buckets, max_distance):
   """T5's relative-position buckets in numpy, float32 like the original.
 

@@ -76,11 +76,29 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    fan_in = x.shape[-1]
-    init = nn.initializers.normal(stddev=self.init_scale / math.sqrt(fan_in))
-    kernel = _param(self, "kernel", init, (fan_in, self.features),
-                    self.kernel_axes, self.param_dtype)
+    kernel = _dense_kernel(self, x.shape[-1])
     return _matmul_2d(x, kernel, self.dtype, self.out_dtype or self.dtype)
+
+
+def _dense_kernel(module, fan_in: int) -> jax.Array:
+  """The [fan_in, features] kernel param of a Dense (or DenseKernel)."""
+  init = nn.initializers.normal(stddev=module.init_scale / math.sqrt(fan_in))
+  return _param(module, "kernel", init, (fan_in, module.features),
+                module.kernel_axes, module.param_dtype)
+
+
+class DenseKernel(nn.Module):
+  """A Dense's kernel param itself, [fan_in, features] (same name, init and
+  logical axes as Dense's), for computations that apply it otherwise."""
+
+  features: int
+  kernel_axes: tuple[str, str]
+  init_scale: float = 1.0
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, fan_in: int) -> jax.Array:
+    return _dense_kernel(self, fan_in)
 
 
 def _matmul_2d(x_NxK: jax.Array, w_KxM: jax.Array, dtype, out_dtype):
@@ -309,16 +327,52 @@ class MultiHeadAttention(nn.Module):
     index.value = i + 1
     return ck.value, cv.value
 
+  def _kernel_EHD(self, name, fan_in):
+    """The key or value projection's kernel as [E, H, D]."""
+    kernel = DenseKernel(self.num_heads * self.head_dim,
+                         (axes.EMBED, axes.JOINED_KV),
+                         param_dtype=self.param_dtype, name=name)(fan_in)
+    return kernel.reshape(fan_in, self.num_heads, self.head_dim)
+
+  def _single_query(self, q_Bx1xHxD, x_kv_bxSxE, bias, rng):
+    """Cross-attention of one query per row without the keys and values.
+
+    q.k_s = (W_k q).x_s and sum_s w_s v_s = W_v^T (sum_s w_s x_s), with x_s
+    the encoder output at s: the query moves into the encoder's space
+    ([B, H, E]), attends over x itself (heads folded into the query rows,
+    one "head" of width E), and the result [B, H, E] goes through W_v. The
+    same attention up to rounding, at O(B H S E) instead of O(b S E H D)
+    for the projections of every encoder position: a preference or reward
+    model read at the decoder's first step (the "encoder" layout) scores
+    through 8 (T5-small) to 24 (T5-XL) such layers.
+    """
+    b, s, e = x_kv_bxSxE.shape
+    f32 = jnp.float32
+    w_k, w_v = self._kernel_EHD("key", e), self._kernel_EHD("value", e)
+    dot = functools.partial(jnp.einsum, preferred_element_type=f32)
+    q_BxHxE = dot("bhd,ehd->bhe", q_Bx1xHxD[:, 0].astype(self.dtype),
+                  w_k.astype(self.dtype))
+    x = x_kv_bxSxE.astype(self.dtype)
+    keys_bx1xExS = matmul.layout(x, (0, 2, 1), self.dtype)[:, None]
+    u_BxHx1xE = dot_product_attention(
+        q_BxHxE[:, :, None].astype(self.dtype), keys_bx1xExS, x[:, None],
+        bias, rng, self.dropout_rate)
+    y_BxHxD = dot("bhe,ehd->bhd", u_BxHx1xE[:, :, 0], w_v.astype(self.dtype))
+    return y_BxHxD.astype(self.dtype)[:, None]
+
   @nn.compact
   def __call__(self, x_q_BxLxE, x_kv_BxSxE, bias, *, decode=False,
                deterministic=True) -> jax.Array:
     q = self._heads(self._dense("query")(x_q_BxLxE))
-    k, v = self._key_value(self._dense("key"), self._dense("value"),
-                           x_kv_BxSxE, decode)
     rng = None
     if not deterministic and self.dropout_rate > 0:
       rng = self.make_rng("dropout")
-    y = dot_product_attention(q, k, v, bias, rng, self.dropout_rate)
+    if self.is_cross and not decode and q.shape[1] == 1:
+      y = self._single_query(q, x_kv_BxSxE, bias, rng)
+    else:
+      k, v = self._key_value(self._dense("key"), self._dense("value"),
+                             x_kv_BxSxE, decode)
+      y = dot_product_attention(q, k, v, bias, rng, self.dropout_rate)
     b, l = y.shape[:2]
     return self._dense("out")(y.reshape(b, l, self.num_heads * self.head_dim))
 

@@ -226,12 +226,9 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
   if dropout_rng is not None and dropout_rate > 0:
     keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, weights.shape)
     weights = weights * keep / (1 - dropout_rate)
-  if softmax_first:
-    y = matmul.batched_matmul(weights.reshape(b, h, r * l, s), v_bxHxSxD,
-                              dtype, v_bxHxSxD.dtype)
-  else:
-    y = matmul.batched_matmul(weights.reshape(b, h, r * l, s), v_bxHxSxD,
-                              dtype, jnp.float32)
+  y = matmul.batched_matmul(weights.reshape(b, h, r * l, s), v_bxHxSxD, dtype,
+                            v_bxHxSxD.dtype if softmax_first else jnp.float32)
+  if not softmax_first:
     y = (y.reshape(b, h, r, l, d) / norm).astype(v_bxHxSxD.dtype)
   # [b, H, R, L, D] -> [R * b, L, H, D].
   y = jnp.transpose(y.reshape(b, h, r, l, d), (2, 0, 3, 1, 4))
@@ -346,10 +343,9 @@ class MultiHeadAttention(nn.Module):
     model read at the decoder's first step (the "encoder" layout) scores
     through 8 (T5-small) to 24 (T5-XL) such layers.
     """
-    b, s, e = x_kv_bxSxE.shape
-    f32 = jnp.float32
+    e = x_kv_bxSxE.shape[-1]
     w_k, w_v = self._kernel_EHD("key", e), self._kernel_EHD("value", e)
-    dot = functools.partial(jnp.einsum, preferred_element_type=f32)
+    dot = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
     q_BxHxE = dot("bhd,ehd->bhe", q_Bx1xHxD[:, 0].astype(self.dtype),
                   w_k.astype(self.dtype))
     x = x_kv_bxSxE.astype(self.dtype)

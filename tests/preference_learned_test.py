@@ -190,6 +190,44 @@ def test_pm_training_orders_are_checked():
         models=models_lib.Models(policy=NET, preference=pm), orders="shuffled")
 
 
+@pytest.mark.parametrize("layout", ["decoder", "encoder"])
+def test_pm_and_rm_training_apply_the_configs_dropout(layout):
+  """With dropout in the config, PM and RM training draw it from the step's
+  key (a different key, a different loss), as the read-out with that key
+  computes; judging (no key) stays deterministic and equals the same
+  parameters without dropout."""
+  drop = network.Transformer(CFG.replace(dropout_rate=0.3))
+  kw = dict(input_length=24, readout=(62,), template=TEMPLATE, layout=layout)
+  if layout == "decoder":
+    kw["decoder_length"] = 16
+  pm = learned.PreferenceModel(network=drop, head=learned.PairwiseHead(**kw))
+  rm = learned.RewardModel(network=drop, head=learned.RewardHead(**kw))
+  plain_pm = learned.PreferenceModel(network=NET, head=pm.head)
+  params = scoring.init_params(NET, jax.random.PRNGKey(7))
+  x, a, b = _batch(jax.random.PRNGKey(8), b=8)
+  q = jnp.linspace(0.0, 1.0, 8)
+  batch = dict(inputs=x, chosen=a, rejected=b, label=q)
+  models = models_lib.Models(policy=drop, preference=pm, reward=rm)
+  for objective in (objectives.PreferenceModelTraining(models=models),
+                    objectives.RewardModelTraining(models=models)):
+    loss = jax.jit(objective.loss)
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    l1, l2 = float(loss(params, None, batch, k1)[0]), float(
+        loss(params, None, batch, k2)[0])
+    assert abs(l1 - l2) > 1e-4, (objective, l1, l2)
+    if isinstance(objective, objectives.PreferenceModelTraining):
+      logit = pm.logit(params, x, jnp.concatenate([a, b]),
+                       jnp.concatenate([b, a]),
+                       rngs={"dropout": jax.random.fold_in(k1, 1)})
+      expected = np.mean(_cross_entropy(logit, jnp.concatenate([q, 1 - q])))
+    else:
+      r = rm(params, x, jnp.concatenate([a, b]), rngs={"dropout": k1})
+      expected = np.mean(_cross_entropy(r[:8] - r[8:], q))
+    np.testing.assert_allclose(l1, expected, rtol=1e-5)
+  np.testing.assert_array_equal(pm.logit(params, x, a, b),
+                                plain_pm.logit(params, x, a, b))
+
+
 @pytest.mark.hf
 def test_text_to_text_pairwise_model_from_hugging_face_gives_transformers_p():
   """A SteamSHP-style model (answers "A" or "B"): import a random HF T5,

@@ -182,16 +182,21 @@ def readout_score(logits_BxV: jax.Array, readout: Ids) -> jax.Array:
 
 
 def _readout_logits(net: network.Transformer, params, encoder_BxS,
-                    decoder_BxM, position_B, readout: Ids) -> jax.Array:
+                    decoder_BxM, position_B, readout: Ids,
+                    rngs=None) -> jax.Array:
   """The read-out tokens' logits [B, len(readout)] at one decoder position
   per row, from the decoder's hidden states and only those columns of the
-  output layer (no [B, M, V] logits: the vocabulary is 32k for T5)."""
+  output layer (no [B, M, V] logits: the vocabulary is 32k for T5). With
+  `rngs` ({"dropout": key}) the network applies its dropout (training)."""
+  deterministic = rngs is None
+
   def hidden(module, enc, dec):
-    encoded = module.encode(enc)
-    return module.decode(encoded, enc, dec, hidden_only=True)
+    encoded = module.encode(enc, deterministic=deterministic)
+    return module.decode(encoded, enc, dec, hidden_only=True,
+                         deterministic=deterministic)
 
   h_BxMxE = nn.apply(hidden, net)({"params": params}, encoder_BxS,
-                                  decoder_BxM)
+                                  decoder_BxM, rngs=rngs)
   h_BxE = jnp.take_along_axis(h_BxMxE, position_B[:, None, None],
                               axis=1)[:, 0]
   kernel_ExR = network.output_columns(net.config, params, readout)
@@ -296,7 +301,7 @@ def _prompt_rows(inputs_BxLi, responses, what: str) -> int:
 
 
 def read_out(net: network.Transformer, params, head, inputs_BxLi,
-             responses, *, what: str) -> jax.Array:
+             responses, *, what: str, rngs=None) -> jax.Array:
   """The read-out score of a head on (prompt, response[s]), [N] float32.
 
   `responses` is (y,) for a reward head and (y, y') for a pairwise head.
@@ -304,7 +309,8 @@ def read_out(net: network.Transformer, params, head, inputs_BxLi,
   answering prompt i (e.g. both orders of each pair): in the "decoder"
   layout the prompt is then encoded once for its R rows (the decoder's
   cross-attention reads prompt i for each), with the same result as
-  repeating the prompts.
+  repeating the prompts. `rngs` ({"dropout": key}, training only) turns on
+  the network's dropout.
   """
   t = head.template
   repeats = _prompt_rows(inputs_BxLi, responses, what)
@@ -327,7 +333,7 @@ def read_out(net: network.Transformer, params, head, inputs_BxLi,
                    what=f"{what} (decoder)")
     position_B = packed_length(segments) - 1
   return _score(_readout_logits(net, params, encoder, decoder, position_B,
-                                head.readout))
+                                head.readout, rngs=rngs))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -352,10 +358,12 @@ class PreferenceModel:
                  t.suffix), self.head.input_length,
                 what="preference model input")
 
-  def logit(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
-    """The logit of p(y > y' | x), [B] float32."""
+  def logit(self, params, inputs_BxLi, y_BxT, yp_BxT, *,
+            rngs=None) -> jax.Array:
+    """The logit of p(y > y' | x), [B] float32 (`rngs`: dropout, training
+    only)."""
     return read_out(self.network, params, self.head, inputs_BxLi,
-                    (y_BxT, yp_BxT), what="preference model input")
+                    (y_BxT, yp_BxT), what="preference model input", rngs=rngs)
 
   def __call__(self, params, inputs_BxLi, y_BxT, yp_BxT) -> jax.Array:
     return jax.nn.sigmoid(self.logit(params, inputs_BxLi, y_BxT, yp_BxT))
@@ -381,10 +389,10 @@ class RewardModel:
     return pack((t.prefix, inputs_BxLi, t.first, y_BxT, t.suffix),
                 self.head.input_length, what="reward model input")
 
-  def __call__(self, params, inputs_BxLi, y_BxT) -> jax.Array:
-    """r(x, y), [B] float32."""
+  def __call__(self, params, inputs_BxLi, y_BxT, *, rngs=None) -> jax.Array:
+    """r(x, y), [B] float32 (`rngs`: dropout, training only)."""
     return read_out(self.network, params, self.head, inputs_BxLi, (y_BxT,),
-                    what="reward model input")
+                    what="reward model input", rngs=rngs)
 
   def preference(self) -> "BradleyTerryPreference":
     return BradleyTerryPreference(reward_model=self)

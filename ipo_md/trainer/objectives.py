@@ -424,11 +424,14 @@ class PreferenceModelTraining:
     del frozen
     x, a, b, q = _pair_inputs(batch)
     pm = self.models.preference
+    # Dropout (when the config has it) draws from its own stream, so the
+    # "random" orders are the same with or without it.
+    rngs = dropout_rngs(pm.network, jax.random.fold_in(rng, 1))
     if self.orders == "both":
       n = x.shape[0]
       # Each prompt once for its two orders (encoded once, decoder layout).
       logit = pm.logit(params, x, jnp.concatenate([a, b]),
-                       jnp.concatenate([b, a]))
+                       jnp.concatenate([b, a]), rngs=rngs)
       loss_B, metrics = losses.preference_model_loss(
           logit, jnp.concatenate([q, 1.0 - q]))
       p_fwd, p_bwd = jax.nn.sigmoid(logit[:n]), jax.nn.sigmoid(logit[n:])
@@ -439,8 +442,8 @@ class PreferenceModelTraining:
       a, b = (jnp.where(swap_B[:, None], b, a),
               jnp.where(swap_B[:, None], a, b))
       q = jnp.where(swap_B, 1.0 - q, q)
-    loss_B, metrics = losses.preference_model_loss(pm.logit(params, x, a, b),
-                                                   q)
+    loss_B, metrics = losses.preference_model_loss(
+        pm.logit(params, x, a, b, rngs=rngs), q)
     return jnp.mean(loss_B), metrics
 
 
@@ -471,10 +474,12 @@ class RewardModelTraining:
     return batch, {}
 
   def loss(self, params, frozen, batch, rng):
-    del frozen, rng
+    del frozen
     x, a, b, q = _pair_inputs(batch)
     n = x.shape[0]
-    r = self.models.reward(params, x, jnp.concatenate([a, b]))
+    rm = self.models.reward
+    r = rm(params, x, jnp.concatenate([a, b]),
+           rngs=dropout_rngs(rm.network, rng))
     loss_B, metrics = losses.bradley_terry_loss(r[:n], r[n:], q,
                                                 margin=self.margin)
     metrics["rm/reward_mean"] = jnp.mean(r)

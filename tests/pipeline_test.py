@@ -7,12 +7,15 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import ipo_md_tasks  # noqa: F401  (registers the synthetic tasks)
 from ipo_md import checkpoints
 from ipo_md import losses
+from ipo_md import optim
 from ipo_md import partitioning
 from ipo_md import types
 from ipo_md.checkpoints import params_io
@@ -188,6 +191,51 @@ def test_optimizer_and_loop_values_are_checked_on_construction():
                                               "reward": "pm"})],
               r"stage 'ipo': reads the reward model from stage 'pm', which "
               r"trains the preference model, not the reward")
+
+
+def test_a_stage_may_start_from_a_model_that_differs_only_in_how_it_computes():
+  # Dropout, activation dtype and remat do not change the parameters: a
+  # bf16, dropout, remat PM may start from the float32 SFT model.
+  compute = CFG.replace(dropout_rate=0.1, dtype="bfloat16", remat="full")
+  pipeline.plan(models=_specs(preference=models_lib.ModelSpec(
+      config=compute, head=HEAD)), stages=[_sft(), _pm()], mesh=_mesh())
+  # Anything that shapes the parameters is refused, and named.
+  _plan_fails([_sft(), _pm()],
+              r"stage 'pm': init='sft' trained the policy model, whose "
+              r"architecture differs from the preference model's "
+              r"\(\{'num_heads': \(4, 2\)\}\)",
+              specs=_specs(preference=models_lib.ModelSpec(
+                  config=compute.replace(num_heads=2), head=HEAD)))
+
+
+def test_optimizer_momentum_is_adafactors_first_moment():
+  grads = [{"w": jnp.array([[0.3, -1.0], [2.0, 0.5]])},
+           {"w": jnp.array([[-0.7, 0.2], [0.1, 1.5]])}]
+
+  def updates(tx):
+    params = {"w": jnp.ones((2, 2))}
+    state, out = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(g, state, params)
+      params = optax.apply_updates(params, u)
+      out.append(u["w"])
+    return out
+
+  with_momentum, _ = pipeline.OptimizerConfig(
+      learning_rate=1e-2, momentum=0.9).build(num_steps=10)
+  plain, _ = pipeline.OptimizerConfig(learning_rate=1e-2).build(num_steps=10)
+  expected = updates(optim.adafactor_t5(1e-2, momentum=0.9))
+  got = updates(with_momentum)
+  for u, e in zip(got, expected):
+    np.testing.assert_array_equal(u, e)
+  # The first moment changes every step (optax keeps an EMA of the scaled
+  # updates, not debiased).
+  for u, p in zip(got, updates(plain)):
+    assert not np.allclose(u, p)
+  for bad in (0.0, 1.0, -0.5, True, "0.9"):
+    with pytest.raises(ValueError, match=r"OptimizerConfig\.momentum=.* must "
+                       r"be None \(no first moment"):
+      pipeline.OptimizerConfig(momentum=bad)
 
 
 def test_a_preference_checkpoint_of_another_size_is_refused_before_training(

@@ -114,6 +114,21 @@ class T5Config:
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)
 
+  def parameter_differences(self, other: "T5Config") -> dict:
+    """{field: (other's, self's)} over the fields that shape the parameters:
+    every field but COMPUTE_FIELDS (dropout, activation dtype, remat), which
+    change how a model computes, not what its checkpoint holds."""
+    return {f.name: (getattr(other, f.name), getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in COMPUTE_FIELDS
+            and getattr(self, f.name) != getattr(other, f.name)}
+
+
+# Fields of T5Config that a model started from another's parameters may
+# change: the parameters' names, shapes and storage dtype do not depend on
+# them.
+COMPUTE_FIELDS = ("dropout_rate", "dtype", "remat")
+
 
 # Named sizes. `tiny` is the CPU default of the built-in task; the others are
 # the published T5 v1.1 shapes (small 77M, base 248M, large 783M, xl 2.85B).

@@ -56,6 +56,8 @@ class OptimizerConfig:
   decay_steps: int = 0
   decay_rate: float = 0.8
   clipping_threshold: float | None = 1.0
+  # None: no first moment (T5X's Adafactor); else its decay, e.g. 0.9.
+  momentum: float | None = None
 
   def __post_init__(self):
     lr = self.learning_rate
@@ -78,6 +80,12 @@ class OptimizerConfig:
       raise ValueError(
           f"OptimizerConfig.decay_steps={self.decay_steps!r} must be an int "
           ">= 0 (0: the stage's num_steps).")
+    m = self.momentum
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))
+                          or not 0 < m < 1):
+      raise ValueError(
+          f"OptimizerConfig.momentum={m!r} must be None (no first moment, "
+          "T5X's default) or a decay in (0, 1), e.g. 0.9.")
     # The remaining checks live in optim (the stage's length is not known
     # here; Stage checks decay_steps against it).
     self.build(num_steps=max(self.decay_steps, self.warmup_steps + 1))
@@ -89,7 +97,8 @@ class OptimizerConfig:
                                    warmup_steps=self.warmup_steps,
                                    decay_steps=self.decay_steps or num_steps)
     tx = optim.adafactor_t5(schedule, decay_rate=self.decay_rate,
-                            clipping_threshold=self.clipping_threshold)
+                            clipping_threshold=self.clipping_threshold,
+                            momentum=self.momentum)
     return tx, schedule
 
 
@@ -175,10 +184,10 @@ def _resolve_init(stage: Stage, trained_by: dict, specs) -> str:
   source_role = trained_by[stage.init]
   mine = models_lib.config_of(stage.trains, specs)
   theirs = models_lib.config_of(source_role, specs)
-  if mine != theirs:
-    diff = {k: (getattr(theirs, k), getattr(mine, k))
-            for k in dataclasses.asdict(mine)
-            if getattr(theirs, k) != getattr(mine, k)}
+  # Dropout, activation dtype and remat may differ (a bf16 or dropout PM
+  # from a float32 SFT model): they do not change the parameters.
+  diff = mine.parameter_differences(theirs)
+  if diff:
     _fail(stage, f"init={stage.init!r} trained the {source_role} model, whose "
           f"architecture differs from the {stage.trains} model's ({diff}); "
           "give both the same config or start from 'initial'.")

@@ -24,9 +24,14 @@ symmetrised (as the policy stage and `PreferenceEvaluation` do), and prints
   * agreement with the gold preference on the pairs that are not ties, by
     which of the gold oracle's counts differ between the two summaries
     (`synthetic.summary_counts`: covered, invented, repeated, over_budget,
-    length) and by the gold score margin |s(y) - s(y')|.
+    length) and by the gold score margin |s(y) - s(y')|;
+  * with --examples=N, the first N validation pairs of each kind that the
+    model ranks against the gold oracle: the document, both summaries, their
+    gold scores and counts, and the model's p(chosen > rejected).
 
   PYTHONPATH=. python bench/pm_errors.py --model_dir=/tmp/ipo_md_tiny
+  PYTHONPATH=. python bench/pm_errors.py --model_dir=/tmp/ipo_md_tiny \
+      --examples=3
 
 The preference model's head (`learned.PairwiseHead`) and the lengths
 (`INPUT_LENGTH`, `TARGET_LENGTH`) come from the run's gin configuration, read
@@ -59,6 +64,11 @@ def _text(vocab, ids) -> str:
   return vocab.decode([t for t in ids.tolist() if t > 1])
 
 
+def _counts(counts: dict) -> str:
+  return ", ".join(f"{k} {v}" for k, v in counts.items()
+                   if k in ("covered", "invented", "repeated", "over_budget"))
+
+
 def _scores(pm, params, arrays, n):
   fn = jax.jit(lambda p, x, a, b: rollouts.judge(pm, p, x, a, b))
   return np.concatenate([
@@ -74,6 +84,9 @@ def main(argv=None):
                       help="the run's MODEL_DIR (its pm/ stage is read)")
   parser.add_argument("--validation_pairs", type=int, default=1024)
   parser.add_argument("--train_pairs", type=int, default=4096)
+  parser.add_argument("--examples", type=int, default=0,
+                      help="print this many misranked validation pairs of "
+                      "each kind")
   gin_flags.add_flags(parser)
   rest, dot_bindings = gin_flags.split_gin_dot_flags(
       sys.argv[1:] if argv is None else argv)
@@ -108,14 +121,20 @@ def main(argv=None):
       continue
     by_counts = collections.defaultdict(list)
     by_margin = collections.defaultdict(list)
+    misranked = collections.defaultdict(list)
     for i in np.flatnonzero(not_tie):
       doc = _text(vocab, arrays["inputs"][i])
       a, b = (_text(vocab, arrays[k][i]) for k in ("chosen", "rejected"))
       ca, cb = (synthetic.summary_counts(doc, s) for s in (a, b))
       differ = ", ".join(k for k in ca if k != "num_facts" and ca[k] != cb[k])
       by_counts[differ].append(agree[i])
-      margin = abs(synthetic.score_summary(doc, a)
-                   - synthetic.score_summary(doc, b))
+      sa, sb = (synthetic.score_summary(doc, s) for s in (a, b))
+      margin = abs(sa - sb)
+      if not agree[i] and len(misranked[differ]) < args.examples:
+        misranked[differ].append(
+            f"  p(chosen > rejected) = {p[i]:.3f}; document: {doc}\n"
+            f"    chosen   (gold score {sa:+.2f}, {_counts(ca)}): {a}\n"
+            f"    rejected (gold score {sb:+.2f}, {_counts(cb)}): {b}")
       by_margin[min(round(margin * 4) / 4, 2.0)].append(agree[i])
     print("\ngold agreement by the counts that differ (pairs, agreement):")
     for key in sorted(by_counts, key=lambda k: -len(by_counts[k])):
@@ -125,6 +144,9 @@ def main(argv=None):
     for key in sorted(by_margin):
       print(f"  {key:4.2f} {len(by_margin[key]):4d}  "
             f"{np.mean(by_margin[key]):.3f}")
+    for key in sorted(misranked, key=lambda k: -len(by_counts[k])):
+      print(f"\nranked against the gold oracle, differing in {key}:")
+      print("\n".join(misranked[key]))
 
 
 if __name__ == "__main__":

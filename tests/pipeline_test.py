@@ -197,8 +197,10 @@ def test_a_stage_may_start_from_a_model_that_differs_only_in_how_it_computes():
   # Dropout, activation dtype and remat do not change the parameters: a
   # bf16, dropout, remat PM may start from the float32 SFT model.
   compute = CFG.replace(dropout_rate=0.1, dtype="bfloat16", remat="full")
-  pipeline.plan(models=_specs(preference=models_lib.ModelSpec(
+  planned = pipeline.plan(models=_specs(preference=models_lib.ModelSpec(
       config=compute, head=HEAD)), stages=[_sft(), _pm()], mesh=_mesh())
+  assert planned[1].init == "sft"
+  assert planned[1].network.config == compute
   # Anything that shapes the parameters is refused, and named.
   _plan_fails([_sft(), _pm()],
               r"stage 'pm': init='sft' trained the policy model, whose "

@@ -19,7 +19,9 @@
   and the perfect summary as the string feature "ideal", for evaluation).
 * `synthetic_facts_comparisons` (batch kind `pairs`: inputs, chosen,
   rejected, plus the float features "label" and "gold_pref"): 4 pairs per
-  train document (32,768) and 2 per validation document (1,024), for
+  train document (32,768; `train_comparisons_per_document` draws more, the
+  first 4 of each document unchanged) and 2 per validation document (1,024),
+  for
   training and evaluating preference models. Each pair holds two candidate
   summaries of the document drawn from the noisy generator with their own
   noise level, so pairs range from perfect-versus-bad to near twins. The
@@ -54,10 +56,11 @@ def _records(split: str) -> tuple[dict[str, str], ...]:
 
 
 @functools.cache
-def _comparison_records(split: str, label_flip_rate: float
+def _comparison_records(split: str, label_flip_rate: float,
+                        per_document: int | None
                         ) -> tuple[dict[str, object], ...]:
   return tuple(synthetic.generate_comparisons(
-      split, label_flip_rate=label_flip_rate))
+      split, label_flip_rate=label_flip_rate, per_document=per_document))
 
 
 def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
@@ -68,28 +71,39 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
 
 def _comparisons_dataset_fn(split: str, shuffle_files: bool,
                             seed: int | None = None, *,
-                            label_flip_rate: float):
+                            label_flip_rate: float,
+                            train_per_document: int):
   del shuffle_files, seed
+  per_document = train_per_document if split == "train" else None
   return registration.records_dataset(
-      _comparison_records(split, label_flip_rate), keys=COMPARISON_KEYS,
+      _comparison_records(split, label_flip_rate, per_document),
+      keys=COMPARISON_KEYS,
       float_keys=COMPARISON_FLOAT_KEYS)
 
 
 def register_synthetic_tasks(
     *, name_prefix: str = "synthetic_facts",
-    label_flip_rate: float = synthetic.LABEL_FLIP_RATE) -> tuple[str, ...]:
+    label_flip_rate: float = synthetic.LABEL_FLIP_RATE,
+    train_comparisons_per_document: int = synthetic.COMPARISONS_PER_DOCUMENT[
+        "train"]) -> tuple[str, ...]:
   """Registers `<name_prefix>_{sft,prompts,comparisons}`.
 
   Args:
     name_prefix: prefix of the task names.
     label_flip_rate: probability in [0, 0.5] that a comparison's annotator
       label is flipped after its draw from the gold oracle (extra noise).
+    train_comparisons_per_document: comparisons per train document (default
+      4: 32,768 pairs); more give a preference model fresh pairs instead of
+      repeated passes (16: 131,072). The first 4 of each document stay the
+      default ones; validation keeps its 2 per document.
 
   Returns:
     The registered task names.
   """
   synthetic.generate_comparisons("validation", 0,
                                  label_flip_rate=label_flip_rate)  # Checks.
+  train_size, _ = synthetic.comparison_size(
+      "train", train_comparisons_per_document)  # Checks.
   configured_by = "ipo_md_tasks.register_synthetic_tasks"
   source = seqio.FunctionDataSource(
       _dataset_fn, splits=SPLITS,
@@ -104,8 +118,11 @@ def register_synthetic_tasks(
   registration.register_task(
       comparisons, kind="pairs", vocabulary=synthetic.vocabulary(),
       source=seqio.FunctionDataSource(
-          functools.partial(_comparisons_dataset_fn,
-                            label_flip_rate=float(label_flip_rate)),
-          splits=SPLITS, num_input_examples=dict(synthetic.COMPARISON_SIZES)),
+          functools.partial(
+              _comparisons_dataset_fn, label_flip_rate=float(label_flip_rate),
+              train_per_document=train_comparisons_per_document),
+          splits=SPLITS,
+          num_input_examples={**synthetic.COMPARISON_SIZES,
+                              "train": train_size}),
       configured_by=configured_by)
   return names + (comparisons,)

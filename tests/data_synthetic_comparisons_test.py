@@ -153,7 +153,35 @@ class ComparisonsTest(absltest.TestCase):
     self.assertEqual(synthetic.comparison_stats(records)["tie_fraction"],
                      shares[0.0])
 
+  def test_more_comparisons_per_document_extend_the_default_ones(self):
+    default = synthetic.generate_comparisons("train", 8)  # Documents 0, 1.
+    more = synthetic.generate_comparisons("train", 32, per_document=16)
+    self.assertEqual(more[:4], default[:4])
+    self.assertEqual(more[16:20], default[4:8])
+    self.assertEqual({r["inputs"] for r in more[:16]}, {default[0]["inputs"]})
+    self.assertEqual({r["inputs"] for r in more[16:]}, {default[4]["inputs"]})
+    # The fresh ones are new pairs, not copies of the first four.
+    firsts = {(r["chosen"], r["rejected"]) for r in more[:4]}
+    self.assertGreater(
+        len({(r["chosen"], r["rejected"]) for r in more[4:16]} - firsts), 8)
+    self.assertEqual(synthetic.comparison("train", 21, per_document=16),
+                     more[21])
+    self.assertEqual(synthetic.comparison_size("train", 16),
+                     (16 * synthetic.TRAIN_SIZE, 16))
+    self.assertEqual(synthetic.comparison_size("validation"),
+                     (synthetic.COMPARISON_SIZES["validation"], 2))
+    self.assertEqual(
+        synthetic.generate_comparisons("validation", 6, per_document=1),
+        synthetic.generate_comparisons("validation", 12)[0:12:2])
+
   def test_bad_arguments(self):
+    for bad in (0, 257, 2.5, True, "16"):
+      with self.assertRaisesRegex(
+          errors.DataError, rf"per_document={bad!r} .*'train'.*\[1, 256\]"):
+        synthetic.generate_comparisons("train", 1, per_document=bad)
+    with self.assertRaisesRegex(errors.DataError,
+                                r"index=524288 .*\[0, 524288\)"):
+      synthetic.comparison("train", 64 * 8192, per_document=64)
     with self.assertRaisesRegex(errors.DataError, "Unknown split 'test'"):
       synthetic.generate_comparisons("test")
     with self.assertRaisesRegex(errors.DataError, "label_flip_rate=0.6"):
@@ -195,6 +223,20 @@ class ComparisonsTaskTest(absltest.TestCase):
     self.assertBetween(float(np.mean(p > 0.5)), 0.38, 0.52)
     with self.assertRaisesRegex(errors.DataError, "label_flip_rate=-0.1"):
       ipo_md_tasks.register_synthetic_tasks(label_flip_rate=-0.1)
+
+  def test_comparisons_per_train_document_is_a_registration_option(self):
+    ipo_md_tasks.register_synthetic_tasks(train_comparisons_per_document=16)
+    it = pipeline.make_iterator(_config("train", shuffle=False))
+    self.assertEqual(it.num_examples, 16 * synthetic.TRAIN_SIZE)
+    batch = next(it)
+    records = synthetic.generate_comparisons("train", 8, per_document=16)
+    np.testing.assert_array_equal(
+        batch["gold_pref"],
+        np.asarray([r["gold_pref"] for r in records], np.float32))
+    # Validation keeps its 1,024 pairs, so evaluations stay comparable.
+    self.assertEqual(pipeline.make_iterator(_config()).num_examples, 1024)
+    with self.assertRaisesRegex(errors.DataError, "per_document=0"):
+      ipo_md_tasks.register_synthetic_tasks(train_comparisons_per_document=0)
 
   def test_kind_and_vocabulary_without_reading_examples(self):
     self.assertEqual(pipeline.task_kind(TASK), "pairs")

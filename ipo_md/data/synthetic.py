@@ -20,7 +20,8 @@ candidate a wins with probability p_gold(a > b) = sigmoid(2 (s(a) - s(b))),
 where s is the gold oracle's score (`score_summary`, a pure-Python twin of
 `ipo_md.preference.oracle.FactsOracle`), then the label is flipped with
 probability `label_flip_rate` (default 0). 32,768 train pairs (4 per train
-document) and 1,024 validation pairs (2 per document); on validation the gold
+document; `per_document` draws more) and 1,024 validation pairs (2 per
+document); on validation the gold
 oracle agrees with the labels on 87.6% of pairs (the ceiling of a learned
 preference model) and 9.7% of pairs are ties (labelled by a coin flip).
 
@@ -183,8 +184,13 @@ LENGTH_WEIGHT = 0.25
 # Length budget of a summary: a perfect clause "NAME COLOR OBJECT ." per fact.
 TOKENS_PER_FACT = 4
 # Comparisons per document; documents are those of the SFT splits.
+# Comparisons per document by default; documents are those of the SFT splits.
+# `per_document` (of `generate_comparisons`) draws more (or fewer) per
+# document: the first k comparisons of a document are the same for every
+# per_document >= k, so a larger split extends the default one.
 COMPARISONS_PER_DOCUMENT = {"train": 4, "validation": 2}
 COMPARISON_SIZES = {"train": 4 * TRAIN_SIZE, "validation": 2 * VALIDATION_SIZE}
+MAX_COMPARISONS_PER_DOCUMENT = 256
 # Probability that an annotator's label is flipped after its Bernoulli draw.
 LABEL_FLIP_RATE = 0.0
 # A candidate of quality q ~ U(0, 1) keeps each fact with probability
@@ -287,15 +293,15 @@ def _candidate(rng: np.random.Generator, facts, sentences) -> str:
       p_invent=_MAX_INVENT * noise, p_repeat=_MAX_REPEAT * noise)
 
 
-def _document_comparisons(split: str, doc_index: int,
-                          label_flip_rate: float) -> list[dict[str, object]]:
-  """The COMPARISONS_PER_DOCUMENT[split] comparisons of one document."""
+def _document_comparisons(split: str, doc_index: int, label_flip_rate: float,
+                          per_document: int) -> list[dict[str, object]]:
+  """The first `per_document` comparisons of one document."""
   seed = _SPLIT_SEEDS[split]
   sentences, facts = _document(np.random.default_rng([seed, doc_index]))
   document = " ".join(sentences)
   rng = np.random.default_rng([_COMPARISON_SEED, seed, doc_index])
   out = []
-  for _ in range(COMPARISONS_PER_DOCUMENT[split]):
+  for _ in range(per_document):
     a = _candidate(rng, facts, sentences)
     b = _candidate(rng, facts, sentences)
     for _ in range(_MAX_REDRAWS):  # Two equal texts teach nothing.
@@ -313,36 +319,63 @@ def _document_comparisons(split: str, doc_index: int,
   return out
 
 
-def _check_comparison_args(split: str, label_flip_rate: float) -> int:
+def comparison_size(split: str,
+                    per_document: int | None = None) -> tuple[int, int]:
+  """(number of comparisons, comparisons per document) of `split` with
+  `per_document` per document (None: COMPARISONS_PER_DOCUMENT[split]), or a
+  DataError naming the bad argument."""
   if split not in COMPARISON_SIZES:
     raise errors.DataError(
         f"Unknown split {split!r} of the synthetic comparisons; choose one of "
         f"{tuple(COMPARISON_SIZES)}.")
+  if per_document is None:
+    per_document = COMPARISONS_PER_DOCUMENT[split]
+  if (isinstance(per_document, bool) or not isinstance(per_document, int)
+      or not 1 <= per_document <= MAX_COMPARISONS_PER_DOCUMENT):
+    raise errors.DataError(
+        f"per_document={per_document!r} (comparisons per document of the "
+        f"{split!r} split) must be an integer in [1, "
+        f"{MAX_COMPARISONS_PER_DOCUMENT}]; the default is "
+        f"{COMPARISONS_PER_DOCUMENT[split]}.")
+  documents = COMPARISON_SIZES[split] // COMPARISONS_PER_DOCUMENT[split]
+  return documents * per_document, per_document
+
+
+def _check_comparison_args(split: str, label_flip_rate: float,
+                           per_document: int | None) -> tuple[int, int]:
+  """`comparison_size`, after checking `label_flip_rate` too."""
+  size = comparison_size(split, per_document)
   if not 0.0 <= label_flip_rate <= 0.5:
     raise errors.DataError(
         f"label_flip_rate={label_flip_rate} must be in [0, 0.5] (0: labels "
         "drawn from the gold oracle only; 0.5: random labels).")
-  return COMPARISON_SIZES[split]
+  return size
 
 
 def comparison(split: str, index: int, *,
-               label_flip_rate: float = LABEL_FLIP_RATE) -> dict[str, object]:
+               label_flip_rate: float = LABEL_FLIP_RATE,
+               per_document: int | None = None) -> dict[str, object]:
   """Comparison `index` of `split` (see `generate_comparisons`)."""
-  size = _check_comparison_args(split, label_flip_rate)
+  size, per_doc = _check_comparison_args(split, label_flip_rate, per_document)
   if not 0 <= index < size:
     raise errors.DataError(
         f"index={index} must be in [0, {size}) for {split!r}.")
-  doc_index, k = divmod(index, COMPARISONS_PER_DOCUMENT[split])
-  return _document_comparisons(split, doc_index, label_flip_rate)[k]
+  doc_index, k = divmod(index, per_doc)
+  return _document_comparisons(split, doc_index, label_flip_rate, k + 1)[k]
 
 
 def generate_comparisons(
     split: str, num_examples: int | None = None, *,
-    label_flip_rate: float = LABEL_FLIP_RATE) -> list[dict[str, object]]:
+    label_flip_rate: float = LABEL_FLIP_RATE,
+    per_document: int | None = None) -> list[dict[str, object]]:
   """The first `num_examples` comparisons of `split` (default: all of them).
 
-  Comparison i is about document i // COMPARISONS_PER_DOCUMENT[split] of the
-  SFT split of the same name. Two candidates are drawn from the noisy
+  With k = `per_document` comparisons per document (default
+  COMPARISONS_PER_DOCUMENT[split]: 4 for train, 2 for validation; at most
+  MAX_COMPARISONS_PER_DOCUMENT), the split holds k times as many comparisons
+  as the SFT split of the same name has documents, and comparison i is about
+  its document i // k. A document's first k comparisons do not depend on k,
+  so more per document add fresh pairs to the default ones. Two candidates are drawn from the noisy
   generator, each with its own quality q ~ U(0, 1), so the quality gap of a
   pair ranges from perfect-versus-bad to two near twins (equal texts are
   redrawn). The annotator prefers candidate a with probability
@@ -354,16 +387,16 @@ def generate_comparisons(
     data's p(chosen > rejected), a hard label), "gold_pref" (p_gold(chosen >
     rejected))} records.
   """
-  size = _check_comparison_args(split, label_flip_rate)
+  size, per_doc = _check_comparison_args(split, label_flip_rate, per_document)
   n = size if num_examples is None else num_examples
   if not 0 <= n <= size:
     raise errors.DataError(
         f"num_examples={num_examples} must be in [0, {size}] for split "
         f"{split!r}.")
-  per_doc = COMPARISONS_PER_DOCUMENT[split]
   records = []
   for doc_index in range(-(-n // per_doc)):
-    records += _document_comparisons(split, doc_index, label_flip_rate)
+    records += _document_comparisons(split, doc_index, label_flip_rate,
+                                     per_doc)
   return records[:n]
 
 

@@ -59,6 +59,25 @@ def test_gold_agreement_accuracy_and_log_loss_by_hand():
   # -(log 0.3 + log 0.7) / 2 = 0.7803239.
   assert out["eval/gold_log_loss"] == pytest.approx(
       (0.2231436 + 0.5108256 + 0.6931472 + 0.7803239) / 4, abs=1e-7)
+  # Labels drawn from the gold: P(right) = 0.8 (p > 1/2), 1 - 0.6 (p < 1/2),
+  # 1/2 (p = 1/2), 0.3 (p > 1/2); its ceiling max(g, 1 - g): .8, .6, .5, .7.
+  assert out["eval/expected_accuracy"] == pytest.approx(2.0 / 4, abs=1e-12)
+  assert out["eval/gold_expected_accuracy"] == pytest.approx(2.6 / 4,
+                                                             abs=1e-12)
+
+
+def test_expected_accuracy_is_the_mean_over_label_draws():
+  rng = np.random.default_rng(1)
+  gold = rng.uniform(0.0, 1.0, 64)
+  p = np.clip(gold + rng.normal(0.0, 0.3, 64), 0.01, 0.99)
+  out, _ = evaluation.preference_metrics(p, np.ones(64), gold)
+  # 20,000 annotator draws of the 64 labels (1 = the first wins).
+  draws = [evaluation.preference_metrics(
+      p, (rng.uniform(size=64) < gold).astype(np.float64))[0]["eval/accuracy"]
+           for _ in range(20_000)]
+  # Standard error of the mean of the draws: under 0.0005.
+  assert np.mean(draws) == pytest.approx(out["eval/expected_accuracy"],
+                                         abs=0.002)
 
 
 def test_a_model_equal_to_the_gold_reaches_its_ceiling_and_floor():
@@ -69,3 +88,4 @@ def test_a_model_equal_to_the_gold_reaches_its_ceiling_and_floor():
   assert out["eval/gold_agreement"] == 1.0
   assert out["eval/accuracy"] == out["eval/gold_accuracy"]
   assert out["eval/log_loss"] == out["eval/gold_log_loss"]
+  assert out["eval/expected_accuracy"] == out["eval/gold_expected_accuracy"]

@@ -153,7 +153,12 @@ def preference_metrics(p_N, q_N, gold_N=None, num_bins: int = 10
   where (p > 1/2) equals (gold > 1/2) (a gold tie counts as agreeing when
   p <= 1/2), and `gold_accuracy` and `gold_log_loss` are the gold's own
   accuracy and log-loss on the labels, the floors a model of these labels
-  can reach.
+  can reach. `expected_accuracy` is the accuracy expected when each label is
+  drawn from the gold preference, as the synthetic annotators draw theirs
+  (flip rate 0): gold on "first wins", 1 - gold otherwise, 1/2 at p = 1/2.
+  It is `accuracy` without the labels' sampling noise (on 1,024 pairs that
+  noise is about 1.2 points); `gold_expected_accuracy`, the mean of
+  max(gold, 1 - gold), is its ceiling.
 
   Returns:
     (metrics keyed "eval/...", the ECE's per-bin arrays for the plot).
@@ -178,6 +183,10 @@ def preference_metrics(p_N, q_N, gold_N=None, num_bins: int = 10
     out["eval/gold_agreement"] = float(np.mean((p > 0.5) == (gold > 0.5)))
     out["eval/gold_accuracy"] = accuracy(gold)
     out["eval/gold_log_loss"] = log_loss(gold)
+    out["eval/expected_accuracy"] = float(np.mean(
+        gold * (p > 0.5) + (1 - gold) * (p < 0.5) + 0.5 * (p == 0.5)))
+    out["eval/gold_expected_accuracy"] = float(np.mean(np.maximum(
+        gold, 1 - gold)))
   return out, bins
 
 

@@ -5,10 +5,12 @@ import pathlib
 import gin
 import jax
 import pytest
+import seqio
 from jax.sharding import PartitionSpec as P
 
 from ipo_md.cli import gin_flags
 from ipo_md.cli import train as train_cli
+import ipo_md_tasks
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 
@@ -18,6 +20,9 @@ def _clear_gin():
   gin.clear_config()
   yield
   gin.clear_config()
+  # A gin file may re-register the synthetic tasks (pm_synthetic.gin: more
+  # comparisons per document); later tests in this process expect defaults.
+  ipo_md_tasks.register_synthetic_tasks()
 
 
 @pytest.mark.parametrize("size,expected_millions", [
@@ -91,6 +96,7 @@ def test_large_config_builds_abstractly_with_shardings(capsys):
 @pytest.mark.parametrize("gin_file,expected", [
     ("pm_tldr_xl.gin", "[pm] trains the preference (from initial): 2849.8M"),
     ("rm_tldr_xl.gin", "[rm] trains the reward (from initial): 2849.8M"),
+    ("pm_synthetic.gin", "[pm] trains the preference (from sft): 0.2M"),
     ("ipo_md_tiny.gin", "[ipo_md] trains the policy (from sft): 0.2M "
      "parameters, 0.00 GiB; reads reference from sft (0.2M), preference from "
      "pm (0.2M)"),
@@ -99,6 +105,14 @@ def test_other_configs_plan_and_trace_abstractly(gin_file, expected, capsys):
   assert train_cli.main([f"--gin_file={GIN_DIR / gin_file}", "--dry_run",
                          "--gin.MODEL_DIR=/tmp/unused"]) == 0
   assert expected in capsys.readouterr().out
+
+
+def test_pm_synthetic_trains_on_more_comparisons_per_document():
+  assert train_cli.main([f"--gin_file={GIN_DIR / 'pm_synthetic.gin'}",
+                         "--dry_run", "--gin.MODEL_DIR=/tmp/unused"]) == 0
+  source = seqio.get_mixture_or_task("synthetic_facts_comparisons").source
+  assert source.num_input_examples("train") == 32 * 8192
+  assert source.num_input_examples("validation") == 1024
 
 
 def _lengths(gin_file: str) -> dict[str, int]:

@@ -10,19 +10,13 @@ runs only on request:
   IPO_MD_SLOW=1 python -m pytest -q tests/main_job_test.py
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("IPO_MD_SLOW") != "1",
-    reason="about 6 minutes on CPU; set IPO_MD_SLOW=1 to run")
+from tests import cli_runs
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = cli_runs.slow(minutes=6)
+
+
 # Held-out accuracy of the PM on the noisy labels may trail the gold
 # oracle's (the ceiling, 0.8765 on the 1,024 validation pairs) by at most
 # this much. Measured: 0.8047, 7.2 points below (gold agreement 0.838), after
@@ -36,27 +30,15 @@ PM_GAP = 0.08
 GOLD_WIN = 0.62
 
 
-def _last(path: pathlib.Path) -> dict:
-  records = [json.loads(line) for line in path.read_text().splitlines()]
-  return {k: v for r in records for k, v in r.items()}
-
-
 def test_main_job_pm_near_the_ceiling_and_gold_win_rate_rises(tmp_path):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
-  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             IPO_MD_COMPILATION_CACHE=str(tmp_path / "cache"))
   model_dir = tmp_path / "run"
-  run = subprocess.run(
-      [sys.executable, "-m", "ipo_md.cli.main", "train",
-       "--gin_file=gin/ipo_md_tiny.gin", f"--gin.MODEL_DIR='{model_dir}'"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
-      check=False)
-  assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-  pm = _last(model_dir / "pm" / "metrics.jsonl")
+  run = cli_runs.train("gin/ipo_md_tiny.gin", model_dir, tmp_path / "cache",
+                       timeout=1800)
+  pm = cli_runs.last_metrics(model_dir / "pm" / "metrics.jsonl")
   ceiling, accuracy = pm["eval/gold_accuracy"], pm["eval/accuracy"]
   assert ceiling == pytest.approx(0.8765, abs=5e-4), ceiling
   assert accuracy >= ceiling - PM_GAP, (accuracy, ceiling)
-  policy = _last(model_dir / "ipo_md" / "metrics.jsonl")
+  policy = cli_runs.last_metrics(model_dir / "ipo_md" / "metrics.jsonl")
   assert policy["eval/win_rate_vs_ref/gold"] > GOLD_WIN, policy
   # Both judges are logged on the same evaluation (over-optimisation shows
   # as the learned model's verdict running ahead of the gold one's).

@@ -8,19 +8,13 @@ pairs), so it runs only on request:
   IPO_MD_SLOW=1 python -m pytest -q tests/pm_synthetic_test.py
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("IPO_MD_SLOW") != "1",
-    reason="about 35 minutes on CPU; set IPO_MD_SLOW=1 to run")
+from tests import cli_runs
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = cli_runs.slow(minutes=35)
+
+
 # Held-out accuracy on the noisy labels may trail the gold oracle's (the
 # ceiling, 0.8765 on the 1,024 validation pairs) by at most this much.
 # Measured: 0.8418, 3.5 points below (gold agreement 0.922).
@@ -31,23 +25,11 @@ PM_GAP = 0.04
 PM_EXPECTED_GAP = 0.03
 
 
-def _last(path: pathlib.Path) -> dict:
-  records = [json.loads(line) for line in path.read_text().splitlines()]
-  return {k: v for r in records for k, v in r.items()}
-
-
 def test_pm_trained_on_fresh_pairs_comes_within_a_few_points(tmp_path):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
-  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             IPO_MD_COMPILATION_CACHE=str(tmp_path / "cache"))
   model_dir = tmp_path / "run"
-  run = subprocess.run(
-      [sys.executable, "-m", "ipo_md.cli.main", "train",
-       "--gin_file=gin/pm_synthetic.gin", f"--gin.MODEL_DIR='{model_dir}'"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=4 * 3600,
-      check=False)
-  assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-  pm = _last(model_dir / "pm" / "metrics.jsonl")
+  cli_runs.train("gin/pm_synthetic.gin", model_dir, tmp_path / "cache",
+                 timeout=4 * 3600)
+  pm = cli_runs.last_metrics(model_dir / "pm" / "metrics.jsonl")
   assert pm["eval/gold_accuracy"] == pytest.approx(0.8765, abs=5e-4)
   assert pm["eval/gold_expected_accuracy"] == pytest.approx(0.8805, abs=5e-4)
   assert pm["eval/accuracy"] >= pm["eval/gold_accuracy"] - PM_GAP, pm

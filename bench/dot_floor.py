@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""How fast the programs of bench/sampler_and_update.py could be: their dots alone.
+"""What the matrix products of bench/sampler_and_update.py's programs need.
 
 Not a test, and not a timing of ipo_md: for the update and the samplers that
 `sampler_and_update.py` times, it lists every matrix product the traced program
@@ -165,13 +165,14 @@ def programs(shape: su.Shape, dtype: str):
   params = jax.eval_shape(lambda r: scoring.init_params(model, r),
                           jax.random.key(0))
   params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
-  data = {k: jnp.asarray(v)
-          for k, v in su._pairs(np.random.default_rng(0), shape).items()}  # pylint: disable=protected-access
+  pairs = su._pairs(np.random.default_rng(0), shape)  # pylint: disable=protected-access
+  data = {k: jnp.asarray(v) for k, v in pairs.items()}
   _, step, state = su._jax_update(  # pylint: disable=protected-access
       model, params, optim.adafactor_t5(su.LEARNING_RATE))
   yield "update", count_dots(step.trace(state, data).jaxpr.jaxpr, 1)
   for beta in (0.0, su.BETA):
-    run = su._jax_sampler(model, shape, beta)  # pylint: disable=protected-access
+    run = su._jax_sampler(  # pylint: disable=protected-access
+        model, shape, beta)
     jaxpr = run.trace(params, params, data["inputs"],
                       jax.random.key(0)).jaxpr.jaxpr
     yield f"sampling beta={beta:g}", count_dots(jaxpr, shape.new_tokens)

@@ -21,9 +21,9 @@ where s is the gold oracle's score (`score_summary`, a pure-Python twin of
 `ipo_md.preference.oracle.FactsOracle`), then the label is flipped with
 probability `label_flip_rate` (default 0). 32,768 train pairs (4 per train
 document; `per_document` draws more) and 1,024 validation pairs (2 per
-document); on validation the gold
-oracle agrees with the labels on 87.6% of pairs (the ceiling of a learned
-preference model) and 9.7% of pairs are ties (labelled by a coin flip).
+document); on validation the gold oracle agrees with the labels on 87.6% of
+pairs (the ceiling of a learned preference model) and 9.7% of pairs are ties
+(labelled by a coin flip).
 
 Everything is generated from integer seeds by `numpy.random.default_rng`, so
 every split is identical on every machine. The word-level SentencePiece
@@ -183,7 +183,6 @@ REPEAT_WEIGHT = 0.5
 LENGTH_WEIGHT = 0.25
 # Length budget of a summary: a perfect clause "NAME COLOR OBJECT ." per fact.
 TOKENS_PER_FACT = 4
-# Comparisons per document; documents are those of the SFT splits.
 # Comparisons per document by default; documents are those of the SFT splits.
 # `per_document` (of `generate_comparisons`) draws more (or fewer) per
 # document: the first k comparisons of a document are the same for every
@@ -375,8 +374,9 @@ def generate_comparisons(
   MAX_COMPARISONS_PER_DOCUMENT), the split holds k times as many comparisons
   as the SFT split of the same name has documents, and comparison i is about
   its document i // k. A document's first k comparisons do not depend on k,
-  so more per document add fresh pairs to the default ones. Two candidates are drawn from the noisy
-  generator, each with its own quality q ~ U(0, 1), so the quality gap of a
+  so more per document add fresh pairs to the default ones. Two candidates
+  are drawn from the noisy generator, each with its own quality
+  q ~ U(0, 1), so the quality gap of a
   pair ranges from perfect-versus-bad to two near twins (equal texts are
   redrawn). The annotator prefers candidate a with probability
   p_gold(a > b) (`gold_preference`), and its label is then flipped with

@@ -21,8 +21,7 @@
   rejected, plus the float features "label" and "gold_pref"): 4 pairs per
   train document (32,768; `train_comparisons_per_document` draws more, the
   first 4 of each document unchanged) and 2 per validation document (1,024),
-  for
-  training and evaluating preference models. Each pair holds two candidate
+  for training and evaluating preference models. Each pair holds two candidate
   summaries of the document drawn from the noisy generator with their own
   noise level, so pairs range from perfect-versus-bad to near twins. The
   label is what a noisy annotator gives: candidate a wins with probability

@@ -166,8 +166,8 @@ def preference_metrics(p_N, q_N, gold_N=None, num_bins: int = 10
   p = np.asarray(p_N, np.float64)
   q = np.asarray(q_N, np.float64)
 
-  def accuracy(x):
-    return float(np.mean(q * (x > 0.5) + (1 - q) * (x < 0.5)
+  def accuracy(x, labels=q):
+    return float(np.mean(labels * (x > 0.5) + (1 - labels) * (x < 0.5)
                          + 0.5 * (x == 0.5)))
 
   def log_loss(x):
@@ -183,10 +183,9 @@ def preference_metrics(p_N, q_N, gold_N=None, num_bins: int = 10
     out["eval/gold_agreement"] = float(np.mean((p > 0.5) == (gold > 0.5)))
     out["eval/gold_accuracy"] = accuracy(gold)
     out["eval/gold_log_loss"] = log_loss(gold)
-    out["eval/expected_accuracy"] = float(np.mean(
-        gold * (p > 0.5) + (1 - gold) * (p < 0.5) + 0.5 * (p == 0.5)))
-    out["eval/gold_expected_accuracy"] = float(np.mean(np.maximum(
-        gold, 1 - gold)))
+    # Against labels drawn from the gold: the gold as a soft label.
+    out["eval/expected_accuracy"] = accuracy(p, gold)
+    out["eval/gold_expected_accuracy"] = accuracy(gold, gold)
   return out, bins
 
 

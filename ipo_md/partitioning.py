@@ -175,6 +175,11 @@ def sharded_jit(fn: Callable, mesh: Mesh, *, in_shardings=_UNSET,
     with activation_sharding(mesh, rules):
       return fn(*args, **kwargs)
 
+  # A functools.partial has no name of its own: the program (in compile
+  # logs and profiles) is named after the function it wraps.
+  if not hasattr(fn, "__name__") and hasattr(fn, "func"):
+    traced.__name__ = getattr(fn.func, "__name__", traced.__name__)
+
   given = {k: v for k, v in (("in_shardings", in_shardings),
                               ("out_shardings", out_shardings))
            if v is not _UNSET}

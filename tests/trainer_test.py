@@ -283,3 +283,19 @@ def test_microbatch_accumulation_equals_full_batch():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="not divisible by num_microbatches=3"):
     step_lib.compute_grads(sft, params, types.Frozen(), batch, rng, 3)
+
+
+def test_trainer_compiles_its_step_once_before_the_first_step(
+    tmp_path, caplog, capsys):
+  # The step is compiled ahead of its first call (then the host memory the
+  # compiler freed is given back, ipo_md.host_memory); the call reuses it.
+  trainer = _trainer(tmp_path, 2)
+  with jax.log_compiles(True), caplog.at_level("WARNING"):
+    state, _ = trainer.run()
+  trainer.close()
+  assert int(state.step) == 2
+  compiles = [r.getMessage() for r in caplog.records
+              if "Finished XLA compilation of jit(train_step)" in r.getMessage()]
+  assert len(compiles) == 1, compiles
+  assert re.search(r"\[test\] compiled the train step in \d+\.\d s",
+                   capsys.readouterr().out)

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from ipo_md import checkpoints
+from ipo_md import host_memory
 from ipo_md import partitioning
 from ipo_md import profiling
 from ipo_md import types
@@ -293,6 +294,8 @@ class Trainer:
     with stopping.StopSignals() as stop, _closing(trace), _closing(timer):
       while step < self.loop.num_steps and not self._stop_agreed(stop):
         batch = self._batch(it)
+        if step + 1 == self._first_step:
+          self._precompile(state, batch)
         if trace is not None:
           trace.before_step(step + 1)
         state, metrics = self._dispatch(timer, step + 1, state, batch)
@@ -368,6 +371,18 @@ class Trainer:
 
   def _due(self, step, every):
     return every > 0 and (step % every == 0 or step == self.loop.num_steps)
+
+  def _precompile(self, state, batch) -> None:
+    """Compiles the step before its first call and gives the host memory
+    that compilation (and initialisation, and the first evaluation) freed
+    back to the operating system, so that it does not add to the steps'
+    peak (`ipo_md.host_memory`). In phase_timing mode the three programs
+    compile at their first calls as before."""
+    if self.phased:
+      return
+    seconds = host_memory.precompile(self._step_fn, state, batch, self.frozen)
+    print(f"[{self.name}] compiled the train step in {seconds:.1f} s",
+          flush=True)
 
   def _dispatch(self, timer: profiling.PhaseTimer, step: int, state, batch):
     """Dispatches one step (no sync), its phases handed to the timer."""

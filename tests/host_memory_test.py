@@ -1,0 +1,72 @@
+"""ipo_md.host_memory: freed heap memory goes back to the operating system,
+and a precompiled function is not compiled again by its call."""
+
+import ctypes.util
+import logging
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ipo_md import host_memory
+
+_GLIBC = sys.platform.startswith("linux") and host_memory.release()
+
+
+@pytest.mark.skipif(not _GLIBC, reason="malloc_trim is glibc's (Linux)")
+def test_release_returns_freed_heap_pages_to_the_os():
+  # 160 MB in 64 KiB blocks (below glibc's mmap threshold, so on the heap),
+  # then all freed but one block above them: glibc keeps the freed memory
+  # (nothing free at the heap's top to trim), until release().
+  script = textwrap.dedent("""
+      from ipo_md import host_memory
+
+      def rss_mb():
+        with open("/proc/self/status") as f:
+          for line in f:
+            if line.startswith("VmRSS:"):
+              return int(line.split()[1]) / 1024
+
+      blocks = [bytearray(64 * 1024) for _ in range(2560)]
+      for b in blocks:
+        b[::4096] = b"x" * len(b[::4096])  # Touch every page.
+      top = bytearray(64 * 1024)
+      del blocks
+      before = rss_mb()
+      assert host_memory.release()
+      print(before, rss_mb())
+  """)
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                       text=True, check=True).stdout.split()
+  before, after = float(out[0]), float(out[1])
+  assert before - after > 100, (before, after)
+
+
+def test_precompiled_function_is_not_compiled_again(caplog):
+  f = jax.jit(lambda x: jnp.tanh(x) @ x.T + 1.0)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)), jnp.float32)
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+    seconds = host_memory.precompile(f, x)
+    compiled = [r for r in caplog.records
+                if "Finished XLA compilation" in r.getMessage()]
+    assert len(compiled) == 1, [r.getMessage() for r in caplog.records]
+    y = f(x)
+    again = [r for r in caplog.records
+             if "Finished XLA compilation" in r.getMessage()]
+  assert len(again) == 1, [r.getMessage() for r in again]
+  assert seconds > 0
+  np.testing.assert_allclose(y, np.tanh(x) @ np.asarray(x).T + 1.0,
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_release_is_harmless_without_glibc(monkeypatch):
+  host_memory._malloc_trim.cache_clear()
+  monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libnone.so")
+  try:
+    assert host_memory.release() is False
+  finally:
+    host_memory._malloc_trim.cache_clear()

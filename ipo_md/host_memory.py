@@ -20,9 +20,10 @@ freed memory in the process (it is free inside the heap, not returned to the
 operating system), while an XLA:CPU step takes its temporary buffers as new
 memory. So on a CPU a training step's peak RSS held the step's own buffers
 plus what compilation had left: for the T5-small IPO update in bf16 with
-`remat="full"` (bench/sampler_and_update.py), 2.80-2.86 GB against 2.32-2.34
-GB when that memory is given back first (jax 0.10.2, glibc, the dev VM), with
-no measurable change in the step's time.
+`remat="full"`, run as bench/sampler_and_update.py runs it, 2.80-2.86 GB
+against 2.32-2.34 GB when that memory is given back first (alternating runs;
+jax 0.10.2, glibc, the 2-core dev VM), with step times within the runs'
+spread.
 
 `precompile` compiles a jitted function for its arguments ahead of the first
 call (jax reuses that executable for the call) and then calls glibc's

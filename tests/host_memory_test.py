@@ -14,7 +14,8 @@ import pytest
 
 from ipo_md import host_memory
 
-_GLIBC = sys.platform.startswith("linux") and host_memory.release()
+_GLIBC = (sys.platform.startswith("linux")
+          and host_memory._malloc_trim() is not None)
 
 
 @pytest.mark.skipif(not _GLIBC, reason="malloc_trim is glibc's (Linux)")

@@ -594,6 +594,91 @@ class DotProductAttentionTest(parameterized.TestCase):
       self.assertLess(err, 0.05 * np.abs(np.asarray(g32)).max())
 
 
+class BlockedAttentionTest(parameterized.TestCase):
+  """On the CPU, attention over more than CPU_FAST_KEYS keys goes through the
+  key rows in blocks. Each block is the one-program computation on its own
+  rows, so the output must be the same bits, for every bias shape and with
+  several queries per key row; the gradients are the same up to the order
+  in which a shared bias's gradient is summed. The thresholds are lowered so
+  that small inputs take the blocked path."""
+
+  def _inputs(self, bias_rows, dtype="float32"):
+    rng = np.random.default_rng(3)
+    r, b, l, h, d, s = 2, 6, 5, 2, 4, 11
+    cast = lambda x: jnp.asarray(x, dtype)
+    q = cast(rng.normal(size=(r * b, l, h, d)))
+    k = cast(rng.normal(size=(b, h, d, s)))
+    v = cast(rng.normal(size=(b, h, s, d)))
+    rows = {"one": 1, "keys": b, "queries": r * b}[bias_rows]
+    bias = rng.normal(size=(rows, h, l, s))
+    bias = np.where(rng.random(bias.shape) < 0.8, bias, -1e10)  # Masking.
+    return q, k, v, jnp.asarray(bias, jnp.float32)
+
+  def _attention(self, **kwargs):
+    """A new jitted attention (so nothing is taken from an earlier trace)."""
+    return jax.jit(lambda *a: layers.dot_product_attention(*a, **kwargs))
+
+  def _grad(self, g):
+    f = lambda *a: jnp.sum(layers.dot_product_attention(*a) * g)
+    return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))
+
+  def _blocked(self):
+    # 11 keys > 8; a key row's logits: 2 queries x 2 heads x 5 x 11 x 4 bytes
+    # = 880 bytes, so 2000 bytes hold 2 rows: 3 blocks of the 6 rows.
+    return mock.patch.multiple(layers, CPU_FAST_KEYS=8, CPU_BLOCK_BYTES=2000)
+
+  def test_blocks_are_counted_from_the_logits_bytes(self):
+    self.assertEqual(layers.attention_blocks(32, 3_557_400, 385), 16)
+    self.assertEqual(layers.attention_blocks(32, 1_572_864, 256), 1)
+    self.assertEqual(layers.attention_blocks(2, 3_557_400, 385), 1)  # 7 MB.
+    self.assertEqual(layers.attention_blocks(7, 3_557_400, 385), 7)  # Prime.
+    self.assertEqual(layers.attention_blocks(6, 20 * 2 ** 20, 300), 6)
+    with self._blocked():
+      self.assertEqual(layers.attention_blocks(6, 880, 11), 3)
+
+  @parameterized.product(bias_rows=("one", "keys", "queries"),
+                         dtype=("float32", "bfloat16"))
+  def test_blocked_output_is_the_same_bits(self, bias_rows, dtype):
+    q, k, v, bias = self._inputs(bias_rows, dtype)
+    whole = np.asarray(self._attention()(q, k, v, bias), np.float32)
+    with self._blocked():
+      fn = self._attention()
+      self.assertIn("while", fn.lower(q, k, v, bias).as_text())  # Blocked.
+      blocked = np.asarray(fn(q, k, v, bias), np.float32)
+    np.testing.assert_array_equal(blocked, whole)
+    bias = np.asarray(bias, np.float64)
+    if bias_rows == "keys":  # Key row i's bias is that of queries r * b + i.
+      bias = np.tile(bias, (2, 1, 1, 1))
+    want = _np_attention(*(np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+                           for x in (q, k, v)), bias, 2)
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    np.testing.assert_allclose(blocked, want, rtol=tol, atol=tol)
+
+  @parameterized.parameters("one", "queries")
+  def test_blocked_gradients_match(self, bias_rows):
+    q, k, v, bias = self._inputs(bias_rows)
+    g = jnp.asarray(np.random.default_rng(4).normal(size=q.shape), jnp.float32)
+    whole = self._grad(g)(q, k, v, bias)
+    with self._blocked():
+      grad = self._grad(g)
+      self.assertIn("while", grad.lower(q, k, v, bias).as_text())
+      blocked = grad(q, k, v, bias)
+    for a, b in zip(blocked, whole):
+      self.assertGreater(float(jnp.abs(b).max()), 0.0)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+  def test_dropout_keeps_one_program(self):
+    q, k, v, bias = self._inputs("one")
+    rng = jax.random.key(0)
+    fn = self._attention(dropout_rate=0.25)
+    program = fn.lower(q, k, v, bias, rng).as_text()
+    whole = fn(q, k, v, bias, rng)
+    with self._blocked():
+      fn = self._attention(dropout_rate=0.25)
+      self.assertEqual(fn.lower(q, k, v, bias, rng).as_text(), program)
+      np.testing.assert_array_equal(fn(q, k, v, bias, rng), whole)
+
+
 class SingleQueryCrossAttentionTest(parameterized.TestCase):
   """Cross-attention of one query per row (a preference or reward model's
   first decoder step) skips the keys and values of the encoder output; it

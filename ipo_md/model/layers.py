@@ -217,10 +217,10 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
   On the CPU, over more than CPU_FAST_KEYS keys and with no dropout, the b
   key rows go through in blocks (`attention_blocks`: a loop, each block's
   float32 logits within CPU_BLOCK_BYTES). Each block is the same computation
-  on its own rows, so the result is the same bit for bit; XLA:CPU's fused
-  attention over 257-512 keys ran 1.3-2.3x faster that way (forward, float32
-  and bf16, 8-32 rows of 385 keys: a preference model reading prompt, two
-  completions and EOS), and at 256 keys or fewer it is no faster.
+  on its own rows, so the result is the same bit for bit. XLA:CPU's fused
+  attention ran 1.7-2.3x faster that way (forward; float32 at 8-32 rows of
+  257-512 keys, bf16 at 32 rows of 385 keys: a preference model reading
+  prompt, two completions and EOS), and at 256 keys or fewer it is no faster.
 
   Args:
     q_BxLxHxD: queries [B, L, H, D].
@@ -239,8 +239,9 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
   if r * b != big_b:
     raise ValueError(f"queries batch {big_b} is not a multiple of the keys' "
                      f"batch {b}.")
-  blocks = attention_blocks(b, r * h * l * s * 4, s)
-  if blocks > 1 and (dropout_rng is None or dropout_rate == 0):
+  dropout = dropout_rng is not None and dropout_rate > 0
+  blocks = 1 if dropout else attention_blocks(b, r * h * l * s * 4, s)
+  if blocks > 1:
     return _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, blocks)
   return _attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, dropout_rng,
                     dropout_rate)

@@ -3,6 +3,7 @@ and a precompiled function is not compiled again by its call."""
 
 import ctypes.util
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -71,3 +72,67 @@ def test_release_is_harmless_without_glibc(monkeypatch):
     assert host_memory.release() is False
   finally:
     host_memory._malloc_trim.cache_clear()
+
+
+_FAULTS_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    from ipo_md.cli import runtime
+    from ipo_md import host_memory
+    dispatch = runtime.configure_cpu_dispatch()
+    import jax, jax.numpy as jnp
+    reuse = host_memory.reuse_freed_memory()
+    # A program with a 64 MiB temporary (over glibc's largest mmap
+    # threshold, 32 MiB) and a scalar result.
+    f = jax.jit(lambda x: jnp.sum(jnp.tanh(x * 2.0)[::-1] * x))
+    x = jnp.ones((16 * 2 ** 20,), jnp.float32)
+    f(x).block_until_ready()
+    faults = []
+    for _ in range(5):
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      y = f(x).block_until_ready()
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                    - before)
+      del y
+    print(dispatch, reuse, min(faults))
+""")
+
+
+def _faults(env_value: str) -> tuple[str, str, int]:
+  env = dict(os.environ, IPO_MD_REUSE_HOST_BUFFERS=env_value,
+             JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # One CPU device, as a plain run has.
+  out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT],
+                       capture_output=True, text=True, check=True,
+                       env=env).stdout.split()
+  return out[0], out[1], int(out[2])
+
+
+@pytest.mark.skipif(not _GLIBC, reason="mallopt is glibc's (Linux)")
+def test_a_cpu_programs_buffers_are_reused_from_call_to_call():
+  # Each call of f writes a 64 MiB temporary (16,384 pages). With the
+  # runtime as `ipo-md train` sets it up, later calls reuse the freed
+  # buffer; with IPO_MD_REUSE_HOST_BUFFERS=0 every call faults it in again.
+  dispatch, reuse, kept = _faults("1")
+  assert (dispatch, reuse) == ("True", "True")
+  off_dispatch, off_reuse, fresh = _faults("0")
+  assert (off_dispatch, off_reuse) == ("False", "False")
+  assert fresh > 16_000, fresh
+  assert kept < fresh / 10, (kept, fresh)
+
+
+def test_cpu_dispatch_is_not_changed_once_jax_has_a_backend():
+  from ipo_md.cli import runtime  # pylint: disable=g-import-not-at-top
+
+  jnp.ones(()).block_until_ready()  # This process's backends exist.
+  assert runtime.configure_cpu_dispatch() is False
+
+
+def test_reuse_is_off_without_mallopt(monkeypatch):
+  host_memory._mallopt.cache_clear()
+  host_memory.reuse_freed_memory.cache_clear()
+  monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libnone.so")
+  try:
+    assert host_memory.reuse_freed_memory() is False
+  finally:
+    host_memory._mallopt.cache_clear()
+    host_memory.reuse_freed_memory.cache_clear()

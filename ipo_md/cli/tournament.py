@@ -163,6 +163,9 @@ def main(argv: list[str]) -> int:
   from ipo_md.cli import runtime  # pylint: disable=g-import-not-at-top
 
   runtime.configure_compilation_cache()
+  # Single-device CPU steps run on this thread, whose heap keeps their
+  # buffers between steps (host_memory.reuse_freed_memory).
+  runtime.configure_cpu_dispatch()
   with stopping.StopSignals():
     gin_flags.parse(args, dot_bindings)
     data_cli.register_tasks_from_gin()

@@ -279,6 +279,9 @@ def _main(argv: list[str]) -> int:
 
   # Stages (and reruns) whose shapes repeat load compiled programs from disk.
   runtime.configure_compilation_cache()
+  # Single-device CPU steps run on this thread, whose heap keeps their
+  # buffers between steps (host_memory.reuse_freed_memory).
+  runtime.configure_cpu_dispatch()
   if not args.dry_run and (missing := gin_flags.unset_required_macros()):
     raise SystemExit(required_values_message(missing))
   # Task locations bound in gin (e.g. register_tldr_tasks.sft_dir) take effect.

@@ -377,7 +377,11 @@ class Trainer:
     that compilation (and initialisation, and the first evaluation) freed
     back to the operating system, so that it does not add to the steps'
     peak (`ipo_md.host_memory`). In phase_timing mode the three programs
-    compile at their first calls as before."""
+    compile at their first calls as before. On the CPU it first has glibc
+    keep the steps' freed buffers for the next step
+    (`host_memory.reuse_freed_memory`), in either mode."""
+    if jax.default_backend() == "cpu":
+      host_memory.reuse_freed_memory()
     if self.phased:
       return
     seconds = host_memory.precompile(self._step_fn, state, batch, self.frozen)

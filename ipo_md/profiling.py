@@ -30,6 +30,11 @@ Two tools for the training loop:
   the previous phase's (or its own dispatch time, when the device was idle
   waiting for the host). "host" is the time the device waited for the
   host between steps. Results arrive one step (or more) late via `poll()`.
+  Where a call returns only when its work is done (XLA:CPU with JAX's
+  `jax_cpu_enable_async_dispatch=False`, which `ipo-md train` sets: see
+  `ipo_md.cli.runtime.configure_cpu_dispatch`), the phase's output is ready
+  when the loop hands it over, and the phase ran from the end of the loop's
+  previous call (or the step's begin) to then.
 """
 
 import collections
@@ -110,8 +115,17 @@ class TraceWindow:
 class _Step:
   step: int
   begin: float  # Host clock when the loop started dispatching the step.
-  phases: list[tuple[str, float, Any]] = dataclasses.field(
-      default_factory=list)  # (name, dispatch time, output)
+  phases: list[tuple[str, float, Any, float, bool]] = dataclasses.field(
+      default_factory=list)
+  # (name, dispatch time, output, when its call began at the latest (the
+  # previous phase's dispatch time, or begin), output ready at dispatch)
+
+
+def _ready(output: Any) -> bool:
+  """Whether every array of `output` is computed (non-arrays count as
+  computed)."""
+  return all(leaf.is_ready() for leaf in jax.tree.leaves(output)
+             if hasattr(leaf, "is_ready"))
 
 
 class PhaseTimer:
@@ -159,7 +173,10 @@ class PhaseTimer:
     """Records that phase `name` was dispatched and yields `output`."""
     if self._current is None:
       raise ValueError(f"PhaseTimer.phase({name!r}) outside begin()/end().")
-    self._current.phases.append((name, time.perf_counter(), output))
+    now = time.perf_counter()
+    called = (self._current.phases[-1][1] if self._current.phases
+              else self._current.begin)
+    self._current.phases.append((name, now, output, called, _ready(output)))
 
   def end(self) -> None:
     """Hands the step to the watcher (blocks only if max_pending are late)."""
@@ -211,10 +228,16 @@ class PhaseTimer:
     previous = self._last_ready
     start = item.begin if previous is None else previous
     host = 0.0
-    for name, dispatched, output in item.phases:
-      jax.block_until_ready(output)
-      ready = time.perf_counter()
-      begin = max(start, dispatched)
+    for name, dispatched, output, called, inline in item.phases:
+      if inline:
+        # The call returned with its work done: it ran since `called`.
+        # (max: the watcher may have stamped the previous phase late.)
+        begin = max(start, called)
+        ready = max(dispatched, begin)
+      else:
+        jax.block_until_ready(output)
+        ready = time.perf_counter()
+        begin = max(start, dispatched)
       host += begin - start  # The device waited for this dispatch.
       timing[f"timing/{name}"] = ready - begin
       start = ready

@@ -21,12 +21,45 @@ preference model read out at its first decoder step, `loss.backward()` and
 `transformers.optimization.Adafactor` with T5X's settings. Not a test.
 """
 
+import json
+import subprocess
 import sys
 from typing import Any
 
 import numpy as np
 
 PAD, EOS = 0, 1
+
+
+RESULT_PREFIX = "TORCH_RESULT "
+
+
+def in_child(script: str, args: list[str]) -> dict[str, Any] | None:
+  """Runs `python script *args` in a fresh process and returns the dict it
+  printed with `print_result`, or None (with the child's error) if it
+  printed none.
+
+  The PyTorch side of a benchmark runs in a process of its own: timed in
+  the process that had just run the JAX side, PyTorch's T5-small bf16
+  update took 3.7-5.1 s against 3.1-3.7 s in a fresh process (2-core dev
+  VM, alternating runs), so sharing a process would flatter ipo_md. The
+  child gets the parent's environment and no setting of ipo_md's.
+  """
+  proc = subprocess.run([sys.executable, script, *args], capture_output=True,
+                        text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines()
+           if l.startswith(RESULT_PREFIX)]
+  if proc.returncode or not lines:
+    print(f"  (PyTorch child failed, exit {proc.returncode}: "
+          f"{proc.stderr[-800:]})", file=sys.stderr)
+    return None
+  return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def print_result(result: dict[str, Any] | None) -> None:
+  """The child's side of `in_child`."""
+  if result is not None:
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 def import_torch():

@@ -38,7 +38,8 @@ ipo_md runs the phases as three jitted functions, chained without a host
 sync, and splits the step's time with `ipo_md.profiling.PhaseTimer` (as the
 Trainer does with `LoopConfig.phase_timing=True`; these phases are a lean
 version of `ipo_md.trainer.step`'s, without its divergence guard);
-PyTorch runs the same phases eagerly (bench/hf_loops.py).
+PyTorch runs the same phases eagerly (bench/hf_loops.py), in a child process
+of its own (`hf_loops.in_child`).
 """
 
 import argparse
@@ -55,10 +56,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ipo_md import host_memory
 from ipo_md import losses
 from ipo_md import optim
 from ipo_md import partitioning
 from ipo_md import profiling
+from ipo_md.cli import runtime
 from ipo_md.decoding import mixture
 from ipo_md.decoding import sampling
 from ipo_md.model import config as config_lib
@@ -248,6 +251,13 @@ def bench_torch(shape: Shape, inputs_np: np.ndarray,
 # ----------------------------------------------------------------------------
 
 
+def _inputs(shape: Shape) -> np.ndarray:
+  """The prompts' ids, the same in both frameworks' processes."""
+  return np.random.default_rng(0).integers(
+      2, shape.vocab_size, (shape.prompts, shape.input_length)
+  ).astype(np.int32)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny shape only")
@@ -263,8 +273,20 @@ def main(argv=None):
   parser.add_argument("--matmul-size", type=int, default=None,
                       help="n of the float32 n^3 matmul (default: 2048 on "
                       "CPU, 8192 on an accelerator)")
+  parser.add_argument("--_torch-child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args._torch_child:  # pylint: disable=protected-access
+    # PyTorch's timings, in a process of its own (hf_loops.in_child).
+    shape = {s.name: s for s in SHAPES}[args._torch_child]  # pylint: disable=protected-access
+    if args.repeats:
+      shape = dataclasses.replace(shape, repeats=args.repeats)
+    hf_loops.print_result(bench_torch(shape, _inputs(shape), args.dtype))
+    return
+  # ipo_md's CPU runtime, as `ipo-md train` and the Trainer set it up.
+  runtime.configure_cpu_dispatch()
   backend = jax.default_backend()
+  if backend == "cpu":
+    host_memory.reuse_freed_memory()
   n = args.matmul_size or (2048 if backend == "cpu" else 8192)
   peak = sau._matmul_flops_per_s(n)  # pylint: disable=protected-access
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} "
@@ -275,9 +297,7 @@ def main(argv=None):
     shapes = [dataclasses.replace(s, repeats=args.repeats) for s in shapes]
   results = []
   for shape in shapes:
-    inputs = np.random.default_rng(0).integers(
-        2, shape.vocab_size, (shape.prompts, shape.input_length)
-    ).astype(np.int32)
+    inputs = _inputs(shape)
     print(f"\n[{shape.name}] policy, reference and PM t5_1_1("
           f"{shape.size!r}, vocab_size={shape.vocab_size}); "
           f"{shape.prompts} prompts x 2 completions, input "
@@ -285,7 +305,9 @@ def main(argv=None):
           f"{shape.pm_input_length}, beta={BETA}, activations "
           f"{args.dtype}", flush=True)
     j = bench_jax(shape, inputs, args.dtype)
-    tc = None if args.no_torch else bench_torch(shape, inputs, args.dtype)
+    tc = None if args.no_torch else hf_loops.in_child(
+        __file__, ["--_torch-child", shape.name, "--repeats",
+                   str(shape.repeats), "--dtype", args.dtype])
     if tc:
       print(f"  PyTorch on {tc['device']}", flush=True)
     results.append((shape, j, tc))

@@ -19,7 +19,8 @@ Not a test: it prints one table (see bench/README.md for the columns).
   python bench/sampler_and_update.py --quick     # tiny shape only (~1 min CPU)
   python bench/sampler_and_update.py             # tiny and T5-small shapes
 
-For each shape it times, in the same process and on the same inputs:
+For each shape it times, on the same inputs (PyTorch in a child process of
+its own, see bench/README.md):
   * sampling two completions per prompt, full length (EOS is masked out in
     both frameworks, so every row decodes exactly `new_tokens` tokens):
     policy only (beta = 0) and the geometric mixture with beta = 0.125, which
@@ -50,6 +51,7 @@ from ipo_md import host_memory
 from ipo_md import losses
 from ipo_md import optim
 from ipo_md import partitioning
+from ipo_md.cli import runtime
 from ipo_md.decoding import mixture
 from ipo_md.decoding import sampling
 from ipo_md.model import config as config_lib
@@ -386,8 +388,11 @@ def _update_child(framework: str, shape_name: str,
                                  optim.adafactor_t5(LEARNING_RATE))
     batch = {k: jnp.asarray(v) for k, v in data.items()}
     del params
-    # As the Trainer does before a stage's first step: compile, then give
-    # the memory the compiler (and the initialisation) freed back to the OS.
+    # As the Trainer does before a stage's first step: keep the steps'
+    # freed buffers (on the CPU), compile, then give the memory the compiler
+    # (and the initialisation) freed back to the OS.
+    if jax.default_backend() == "cpu":
+      host_memory.reuse_freed_memory()
     host_memory.precompile(step, state, batch)
     for _ in range(2):
       state = step(state, batch)
@@ -477,15 +482,28 @@ def main(argv=None):
   parser.add_argument("--no-memory", action="store_true",
                       help="skip the peak-memory rows (each framework runs "
                       "two updates in a child process)")
+  parser.add_argument("--_torch-child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_update-child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_shape", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_variant", default="float32", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args._torch_child:  # pylint: disable=protected-access
+    # PyTorch's timings, in a process of its own (hf_loops.in_child).
+    shape = {s.name: s for s in SHAPES}[args._torch_child]  # pylint: disable=protected-access
+    if args.repeats:
+      shape = dataclasses.replace(shape, repeats=args.repeats)
+    hf_loops.print_result(bench_torch(
+        shape, _pairs(np.random.default_rng(0), shape), not args.no_bf16))
+    return
+  # ipo_md's CPU runtime, as `ipo-md train` and the Trainer set it up.
+  runtime.configure_cpu_dispatch()
   if args._update_child:  # pylint: disable=protected-access
     _update_child(args._update_child, args._shape, args._variant)  # pylint: disable=protected-access
     return
 
   backend = jax.default_backend()
+  if backend == "cpu":
+    host_memory.reuse_freed_memory()
   n = args.matmul_size or (2048 if backend == "cpu" else 8192)
   peak = _matmul_flops_per_s(n)
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} "
@@ -503,8 +521,10 @@ def main(argv=None):
           flush=True)
     j = bench_jax(shape, data, not args.no_bf16)
     print(f"  JAX update: {j['update_how']}", flush=True)
-    tc = None if args.no_torch else bench_torch(shape, data,
-                                                 not args.no_bf16)
+    tc = None if args.no_torch else hf_loops.in_child(
+        __file__, ["--_torch-child", shape.name, "--repeats",
+                   str(shape.repeats)] + (["--no-bf16"] if args.no_bf16
+                                          else []))
     if tc:
       print(f"  PyTorch on {tc['device']}", flush=True)
     tokens = 2 * shape.prompts * shape.new_tokens

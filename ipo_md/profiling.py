@@ -117,7 +117,7 @@ class _Step:
   begin: float  # Host clock when the loop started dispatching the step.
   phases: list[tuple[str, float, Any, float, bool]] = dataclasses.field(
       default_factory=list)
-  # (name, dispatch time, output, when its call began at the latest (the
+  # (name, dispatch time, output, the earliest its call can have begun (the
   # previous phase's dispatch time, or begin), output ready at dispatch)
 
 

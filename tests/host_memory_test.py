@@ -65,13 +65,20 @@ def test_precompiled_function_is_not_compiled_again(caplog):
                              rtol=1e-5, atol=1e-5)
 
 
-def test_release_is_harmless_without_glibc(monkeypatch):
-  host_memory._malloc_trim.cache_clear()
+def _clear_caches():
+  for fn in (host_memory._malloc_trim, host_memory._mallopt,
+             host_memory.reuse_freed_memory):
+    fn.cache_clear()
+
+
+def test_release_and_reuse_are_harmless_without_glibc(monkeypatch):
+  _clear_caches()
   monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libnone.so")
   try:
     assert host_memory.release() is False
+    assert host_memory.reuse_freed_memory() is False
   finally:
-    host_memory._malloc_trim.cache_clear()
+    _clear_caches()
 
 
 _FAULTS_SCRIPT = textwrap.dedent("""
@@ -126,13 +133,3 @@ def test_cpu_dispatch_is_not_changed_once_jax_has_a_backend():
   jnp.ones(()).block_until_ready()  # This process's backends exist.
   assert runtime.configure_cpu_dispatch() is False
 
-
-def test_reuse_is_off_without_mallopt(monkeypatch):
-  host_memory._mallopt.cache_clear()
-  host_memory.reuse_freed_memory.cache_clear()
-  monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libnone.so")
-  try:
-    assert host_memory.reuse_freed_memory() is False
-  finally:
-    host_memory._mallopt.cache_clear()
-    host_memory.reuse_freed_memory.cache_clear()

@@ -12,17 +12,27 @@ symmetrised p (both orders, what training uses) costs two such passes.
 
     PYTHONPATH=. python bench/pm_scoring.py [--quick] [--batch 16]
 
-Not a test: run it alone on a quiet machine.
+PyTorch runs in a child process of its own (`hf_loops.in_child`), ipo-md
+with the CPU runtime of `ipo-md train`. Not a test: run it alone on a quiet
+machine.
 """
 
 import argparse
+import os
+import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import hf_loops
+# Run as a script (and as its own PyTorch child): the repository root must be
+# importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import hf_loops  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ipo_md import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ipo_md.cli import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ipo_md.model import config as config_lib
 from ipo_md.model import network
 from ipo_md.model import scoring
@@ -47,18 +57,65 @@ def _inputs(rng, batch, length, vocab):
   return ids
 
 
+def _config(quick: bool) -> config_lib.T5Config:
+  return (config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=4,
+                              head_dim=8, mlp_dim=64, num_encoder_layers=1,
+                              num_decoder_layers=1) if quick else
+          config_lib.t5_1_1("small"))
+
+
+_READOUT = (5, 6)
+
+
+def _torch_child(ids_path: str, quick: bool, repeats: int) -> None:
+  """PyTorch's timing, in a process of its own (hf_loops.in_child)."""
+  torch_pair = hf_loops.import_torch()
+  if torch_pair is None:
+    return
+  torch, transformers = torch_pair
+  cfg = _config(quick)
+  ids = np.load(ids_path)
+  batch = ids.shape[0]
+  dev = hf_loops.device(torch)
+  hf_cfg = transformers.T5Config(
+      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim,
+      d_ff=cfg.mlp_dim, num_layers=cfg.num_encoder_layers,
+      num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
+      feed_forward_proj="gated-gelu", dropout_rate=0.0,
+      tie_word_embeddings=False, decoder_start_token_id=0)
+  model = transformers.T5ForConditionalGeneration(hf_cfg).to(dev).eval()
+  tids = torch.tensor(ids, dtype=torch.long, device=dev)
+  start_ids = torch.zeros((batch, 1), dtype=torch.long, device=dev)
+
+  def hf():
+    with torch.inference_mode():
+      logits = model(input_ids=tids, attention_mask=(tids != 0).long(),
+                     decoder_input_ids=start_ids).logits
+      score = logits[:, 0, _READOUT[0]] - logits[:, 0, _READOUT[1]]
+    hf_loops.sync(torch, dev)
+    return score
+
+  hf_loops.print_result({"seconds": _time(hf, repeats),
+                         "device": hf_loops.describe(torch, dev)})
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="tiny shapes, to check the script runs")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--_torch-child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args._torch_child:  # pylint: disable=protected-access
+    _torch_child(args._torch_child, args.quick, args.repeats)  # pylint: disable=protected-access
+    return
+  # ipo_md's CPU runtime, as `ipo-md train` and the Trainer set it up.
+  runtime.configure_cpu_dispatch()
+  if jax.default_backend() == "cpu":
+    host_memory.reuse_freed_memory()
   length = 64 if args.quick else 512
-  cfg = (config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=4,
-                             head_dim=8, mlp_dim=64, num_encoder_layers=1,
-                             num_decoder_layers=1) if args.quick else
-         config_lib.t5_1_1("small"))
+  cfg = _config(args.quick)
   net = network.Transformer(cfg)
   params = scoring.init_params(net, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
@@ -66,9 +123,8 @@ def main() -> None:
   x = _inputs(rng, args.batch, length // 2, cfg.vocab_size)
   y = _inputs(rng, args.batch, length // 4 - 2, cfg.vocab_size)
   yp = _inputs(rng, args.batch, length // 4 - 2, cfg.vocab_size)
-  readout = (5, 6)
   pm = learned.PreferenceModel(network=net, head=learned.PairwiseHead(
-      input_length=length, readout=readout,
+      input_length=length, readout=_READOUT,
       template=learned.Template(first=(3,), second=(4,))))
   logit_fn = jax.jit(pm.logit)
   x, y, yp = jnp.asarray(x), jnp.asarray(y), jnp.asarray(yp)
@@ -80,33 +136,19 @@ def main() -> None:
         f"{jax.devices()[0].platform}")
   print(f"ipo-md (JAX)      {args.batch / seconds:10.1f} pairs/s "
         f"({seconds * 1e3:.1f} ms per batch)")
-  torch_pair = hf_loops.import_torch()
-  if torch_pair is None:
+  # PyTorch in a process of its own, on the same packed ids.
+  with tempfile.TemporaryDirectory() as tmp:
+    ids_path = os.path.join(tmp, "ids.npy")
+    np.save(ids_path, ids)
+    result = hf_loops.in_child(
+        os.path.abspath(__file__),
+        ["--_torch-child", ids_path, "--repeats", str(args.repeats)]
+        + (["--quick"] if args.quick else []))
+  if result is None:
     return
-  torch, transformers = torch_pair
-  dev = hf_loops.device(torch)
-  hf_cfg = transformers.T5Config(
-      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim,
-      d_ff=cfg.mlp_dim, num_layers=cfg.num_encoder_layers,
-      num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
-      feed_forward_proj="gated-gelu", dropout_rate=0.0,
-      tie_word_embeddings=False, decoder_start_token_id=0)
-  model = transformers.T5ForConditionalGeneration(hf_cfg).to(dev).eval()
-  tids = torch.tensor(ids, dtype=torch.long, device=dev)
-  start_ids = torch.zeros((args.batch, 1), dtype=torch.long, device=dev)
-
-  def hf():
-    with torch.inference_mode():
-      logits = model(input_ids=tids, attention_mask=(tids != 0).long(),
-                     decoder_input_ids=start_ids).logits
-      score = logits[:, 0, readout[0]] - logits[:, 0, readout[1]]
-    hf_loops.sync(torch, dev)
-    return score
-
-  hf_seconds = _time(hf, args.repeats)
+  hf_seconds = result["seconds"]
   print(f"HF PyTorch        {args.batch / hf_seconds:10.1f} pairs/s "
-        f"({hf_seconds * 1e3:.1f} ms per batch; "
-        f"{hf_loops.describe(torch, dev)})")
+        f"({hf_seconds * 1e3:.1f} ms per batch; {result['device']})")
   print(f"speed-up          {hf_seconds / seconds:10.2f}x")
 
 

@@ -56,7 +56,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ipo_md import host_memory
 from ipo_md import losses
 from ipo_md import optim
 from ipo_md import partitioning
@@ -282,11 +281,8 @@ def main(argv=None):
       shape = dataclasses.replace(shape, repeats=args.repeats)
     hf_loops.print_result(bench_torch(shape, _inputs(shape), args.dtype))
     return
-  # ipo_md's CPU runtime, as `ipo-md train` and the Trainer set it up.
-  runtime.configure_cpu_dispatch()
+  runtime.configure_cpu_runtime()  # As `ipo-md train` runs steps.
   backend = jax.default_backend()
-  if backend == "cpu":
-    host_memory.reuse_freed_memory()
   n = args.matmul_size or (2048 if backend == "cpu" else 8192)
   peak = sau._matmul_flops_per_s(n)  # pylint: disable=protected-access
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} "

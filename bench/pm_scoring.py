@@ -31,7 +31,6 @@ import numpy as np
 # importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import hf_loops  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ipo_md import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ipo_md.cli import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ipo_md.model import config as config_lib
 from ipo_md.model import network
@@ -110,10 +109,7 @@ def main() -> None:
   if args._torch_child:  # pylint: disable=protected-access
     _torch_child(args._torch_child, args.quick, args.repeats)  # pylint: disable=protected-access
     return
-  # ipo_md's CPU runtime, as `ipo-md train` and the Trainer set it up.
-  runtime.configure_cpu_dispatch()
-  if jax.default_backend() == "cpu":
-    host_memory.reuse_freed_memory()
+  runtime.configure_cpu_runtime()  # As `ipo-md train` runs steps.
   length = 64 if args.quick else 512
   cfg = _config(args.quick)
   net = network.Transformer(cfg)

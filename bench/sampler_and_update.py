@@ -388,11 +388,9 @@ def _update_child(framework: str, shape_name: str,
                                  optim.adafactor_t5(LEARNING_RATE))
     batch = {k: jnp.asarray(v) for k, v in data.items()}
     del params
-    # As the Trainer does before a stage's first step: keep the steps'
-    # freed buffers (on the CPU), compile, then give the memory the compiler
-    # (and the initialisation) freed back to the OS.
-    if jax.default_backend() == "cpu":
-      host_memory.reuse_freed_memory()
+    # As the Trainer does before a stage's first step (the freed buffers
+    # are kept since main's configure_cpu_runtime): compile, then give the
+    # memory the compiler (and the initialisation) freed back to the OS.
     host_memory.precompile(step, state, batch)
     for _ in range(2):
       state = step(state, batch)
@@ -495,15 +493,14 @@ def main(argv=None):
     hf_loops.print_result(bench_torch(
         shape, _pairs(np.random.default_rng(0), shape), not args.no_bf16))
     return
-  # ipo_md's CPU runtime, as `ipo-md train` and the Trainer set it up.
-  runtime.configure_cpu_dispatch()
   if args._update_child:  # pylint: disable=protected-access
+    if args._update_child == "jax":  # pylint: disable=protected-access
+      runtime.configure_cpu_runtime()  # PyTorch's child keeps the defaults.
     _update_child(args._update_child, args._shape, args._variant)  # pylint: disable=protected-access
     return
+  runtime.configure_cpu_runtime()  # As `ipo-md train` runs steps.
 
   backend = jax.default_backend()
-  if backend == "cpu":
-    host_memory.reuse_freed_memory()
   n = args.matmul_size or (2048 if backend == "cpu" else 8192)
   peak = _matmul_flops_per_s(n)
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} "

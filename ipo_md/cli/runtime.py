@@ -68,3 +68,16 @@ def configure_cpu_dispatch() -> bool:
   jax.config.update("jax_cpu_enable_async_dispatch", False)
   return True
 
+
+
+def configure_cpu_runtime() -> None:
+  """For a script that runs JAX programs itself (the benchmarks): the CPU
+  runtime `ipo-md train` and the Trainer set up, in one call.
+  `configure_cpu_dispatch`, then, on the CPU backend (which this creates),
+  `host_memory.reuse_freed_memory`. Call it before any JAX computation."""
+  from ipo_md import host_memory  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  configure_cpu_dispatch()
+  if jax.default_backend() == "cpu":
+    host_memory.reuse_freed_memory()

@@ -386,9 +386,13 @@ def _loss_grad(cfg: config_lib.T5Config):
 
 class OutputLogprobsTest(parameterized.TestCase):
 
-  @parameterized.parameters("float32", "bfloat16")
-  def test_chunked_equals_log_softmax_values_and_gradients(self, dtype):
-    # 3 x 13 = 39 rows in chunks of 8 (the last one padded), vocabulary 50.
+  @parameterized.parameters(("float32", True), ("float32", False),
+                            ("bfloat16", True))
+  def test_chunked_equals_log_softmax_values_and_gradients(self, dtype,
+                                                           keep):
+    # 3 x 13 = 39 rows in chunks of 8 (the last one padded), vocabulary 50;
+    # float32 with the softmax kept for the backward pass or recomputed
+    # (bfloat16 always recomputes).
     rng = np.random.default_rng(0)
     h = jnp.asarray(rng.normal(size=(3, 13, 16)), dtype)
     w = jnp.asarray(rng.normal(size=(16, 50)) / 4, dtype)
@@ -400,7 +404,8 @@ class OutputLogprobsTest(parameterized.TestCase):
       return logprobs.token_logprobs(logits, targets)
 
     chunked = lambda h, w: output_logprobs.token_logprobs(
-        h, w, targets, chunk_bytes=8 * 50 * 4)
+        h, w, targets, chunk_bytes=8 * 50 * 4,
+        keep_bytes=40 * 50 * 4 if keep else 40 * 50 * 4 - 1)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(
         rtol=2e-2, atol=2e-2)
     np.testing.assert_allclose(chunked(h, w), plain(h, w), **tol)
@@ -411,6 +416,13 @@ class OutputLogprobsTest(parameterized.TestCase):
       self.assertEqual(got.dtype, want.dtype)
       np.testing.assert_allclose(np.asarray(got, np.float32),
                                  np.asarray(want, np.float32), **tol)
+    # The configurations differ: the backward pass holds the softmax of the
+    # 5 padded chunks [5, 8, 50] exactly when it is kept (float32, within
+    # keep_bytes), else only their log-normalisers [5, 8].
+    _, vjp = jax.vjp(chunked, h, w)
+    shapes = {x.shape for x in jax.tree_util.tree_leaves(vjp)}
+    self.assertEqual((5, 8, 50) in shapes, keep and dtype == "float32")
+    self.assertEqual((5, 8) in shapes, not (keep and dtype == "float32"))
 
   @parameterized.parameters(TINY, T5_1_0)
   def test_score_targets_equals_logits_path(self, cfg):

@@ -24,6 +24,14 @@ keeps only each row's log-normaliser, and the backward recomputes a chunk's
 logits and turns them into the gradient (softmax - onehot, the textbook
 cross-entropy gradient) without a scatter. One extra output-layer matmul
 buys that memory back.
+
+That matmul is the dearest in float32 (about 6 % of the T5-small update's
+products). So when the activations are float32 and the softmax of all rows
+fits in `keep_bytes` (384 MiB by default; the T5-small update's 2,048 rows
+of 32k, padded to whole chunks, need 256 MiB), the forward keeps the softmax itself, one float32 per
+logit, and the backward reads it instead of recomputing the logits. The
+gradient is the same expression on the same values. In bfloat16 the
+recomputation runs at the bf16 matmul rate and the softmax is never kept.
 """
 
 import functools
@@ -34,6 +42,7 @@ import jax.numpy as jnp
 from ipo_md.model import matmul
 
 _CHUNK_BYTES = 64 * 2 ** 20  # float32 logits per chunk.
+_KEEP_BYTES = 384 * 2 ** 20  # float32 softmax kept for the backward pass.
 
 
 def _chunk_rows(n: int, v: int, chunk_bytes: int) -> int:
@@ -52,42 +61,49 @@ def _logits(h_nxE, w_ExV):
   return jnp.dot(h_nxE, w_ExV, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _token_logprobs(h_NxE, w_ExV, targets_N, rows):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _token_logprobs(h_NxE, w_ExV, targets_N, rows, keep):
+  del keep  # Only the backward pass differs.
   return _forward(h_NxE, w_ExV.astype(h_NxE.dtype), targets_N, rows)[0]
 
 
-def _forward(h_NxE, w_ExV, targets_N, rows):
-  """Log-probs and log-normalisers; h and w share the compute dtype."""
+def _forward(h_NxE, w_ExV, targets_N, rows, keep=False):
+  """Log-probs and, per chunk, the log-normalisers or (keep) the softmax;
+  h and w share the compute dtype."""
   def one(args):
     h, t = args
     logits = _logits(h, w_ExV)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
-    return picked - lse, lse
+    return picked - lse, _softmax(logits, lse) if keep else lse
 
   n = h_NxE.shape[0]
-  logp, lse = jax.lax.map(one, (_chunks(h_NxE, rows), _chunks(targets_N, rows)))
-  return logp.reshape(-1)[:n], lse.reshape(-1)[:n]
+  logp, saved = jax.lax.map(one, (_chunks(h_NxE, rows),
+                                  _chunks(targets_N, rows)))
+  return logp.reshape(-1)[:n], saved
 
 
-def _fwd(h_NxE, w_ExV, targets_N, rows):
+def _softmax(logits, lse):
+  return jnp.exp(logits - lse[:, None])
+
+
+def _fwd(h_NxE, w_ExV, targets_N, rows, keep):
   w_c = w_ExV.astype(h_NxE.dtype)
-  logp, lse = _forward(h_NxE, w_c, targets_N, rows)
+  logp, saved = _forward(h_NxE, w_c, targets_N, rows, keep)
   # The kernel's own dtype rides along as an empty array.
-  return logp, (h_NxE, w_c, targets_N, lse, jnp.zeros((0,), w_ExV.dtype))
+  return logp, (h_NxE, w_c, targets_N, saved, jnp.zeros((0,), w_ExV.dtype))
 
 
-def _bwd(rows, residuals, g_N):
-  h_NxE, w_ExV, targets_N, lse_N, w_like = residuals
+def _bwd(rows, keep, residuals, g_N):
+  h_NxE, w_ExV, targets_N, saved, w_like = residuals
   n, v = h_NxE.shape[0], w_ExV.shape[1]
   # Both gradient dots in the plain form outside float32 (matmul.layout).
   transpose = lambda x: matmul.layout(x, (1, 0), w_ExV.dtype)
   w_VxE = transpose(w_ExV)
 
   def one(dw, args):
-    h, t, lse, g = args
-    p = jnp.exp(_logits(h, w_ExV) - lse[:, None])
+    h, t, kept, g = args
+    p = kept if keep else _softmax(_logits(h, w_ExV), kept)
     onehot = jax.lax.broadcasted_iota(jnp.int32, p.shape, 1) == t[:, None]
     dlogits = (jnp.where(onehot, 1.0, 0.0) - p) * g[:, None]
     d = dlogits.astype(w_ExV.dtype)
@@ -95,9 +111,10 @@ def _bwd(rows, residuals, g_N):
     dw = dw + jnp.dot(transpose(h), d, preferred_element_type=jnp.float32)
     return dw, dh.astype(h_NxE.dtype)
 
+  # `saved` is already in chunks: [C, rows] log-normalisers or [C, rows, V].
   dw, dh = jax.lax.scan(
       one, jnp.zeros((h_NxE.shape[1], v), jnp.float32),
-      (_chunks(h_NxE, rows), _chunks(targets_N, rows), _chunks(lse_N, rows),
+      (_chunks(h_NxE, rows), _chunks(targets_N, rows), saved,
        _chunks(g_N.astype(jnp.float32), rows)))
   return (dh.reshape(-1, h_NxE.shape[1])[:n], dw.astype(w_like.dtype), None)
 
@@ -107,7 +124,8 @@ _token_logprobs.defvjp(_fwd, _bwd)
 
 def token_logprobs(hidden_BxTxE: jax.Array, kernel_ExV: jax.Array,
                    targets_BxT: jax.Array, *,
-                   chunk_bytes: int = _CHUNK_BYTES) -> jax.Array:
+                   chunk_bytes: int = _CHUNK_BYTES,
+                   keep_bytes: int = _KEEP_BYTES) -> jax.Array:
   """log softmax(hidden @ kernel)[target], float32 [B, T].
 
   Equals `logprobs.token_logprobs(hidden @ kernel, targets)` (float32
@@ -121,6 +139,9 @@ def token_logprobs(hidden_BxTxE: jax.Array, kernel_ExV: jax.Array,
       returned in its own dtype, accumulated in float32.
     targets_BxT: int target ids.
     chunk_bytes: float32 logits held at a time (about).
+    keep_bytes: with float32 hidden states, the largest softmax (rows x V x
+      4 bytes, the rows padded to whole chunks) that the forward keeps for
+      the backward pass instead of recomputing the logits; 0 never keeps it.
 
   Returns:
     float32 [B, T].
@@ -132,7 +153,10 @@ def token_logprobs(hidden_BxTxE: jax.Array, kernel_ExV: jax.Array,
         f"token_logprobs: hidden {hidden_BxTxE.shape}, kernel "
         f"{kernel_ExV.shape} and targets {targets_BxT.shape} do not match "
         "([B, T, E], [E, V], [B, T]).")
+  rows = _chunk_rows(b * t, v, chunk_bytes)
+  kept = -(-b * t // rows) * rows * v * 4
+  keep = hidden_BxTxE.dtype == jnp.float32 and kept <= keep_bytes
   flat = _token_logprobs(hidden_BxTxE.reshape(b * t, e), kernel_ExV,
-                         targets_BxT.reshape(b * t).astype(jnp.int32),
-                         _chunk_rows(b * t, v, chunk_bytes))
+                         targets_BxT.reshape(b * t).astype(jnp.int32), rows,
+                         bool(keep))
   return flat.reshape(b, t)

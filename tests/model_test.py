@@ -185,31 +185,42 @@ def _while_body(hlo_text: str) -> list[str]:
   return lines
 
 
-class DecodeLoopProgramTest(absltest.TestCase):
+class DecodeLoopProgramTest(parameterized.TestCase):
 
-  def test_no_cache_copies_per_step(self):
+  @parameterized.parameters("float32", "bfloat16")
+  def test_no_cache_copies_per_step(self, dtype):
     # The compiled sampler's loop body touches the KV-cache buffers only
     # through in-place dynamic-update-slices (self-attention) or not at all
-    # (cross-attention): no copy or transpose of a cache buffer, so the
-    # per-step work does not depend on the decoded length.
+    # (cross-attention): no copy, transpose or conversion of a cache buffer,
+    # so the per-step work does not depend on the decoded length. In bf16 on
+    # the CPU the self-attention cache is float32 (layers.decode_cache_dtype);
+    # with a bf16 one, XLA:CPU converted and copied it at every step.
     params = _params(TINY)
     inputs, _ = _batch()
     cfg = sampling.SamplingConfig(max_decode_length=T)
+    model = network.Transformer(TINY.replace(dtype=dtype))
 
     def run(p, rng):
-      cache = scoring.init_decode_cache(_MODEL, p, inputs, T, repeats=2)
-      return sampling.sample(scoring.tokens_to_logits_fn(_MODEL, p), cache,
+      cache = scoring.init_decode_cache(model, p, inputs, T, repeats=2)
+      return sampling.sample(scoring.tokens_to_logits_fn(model, p), cache,
                              rng, batch_size=6, cfg=cfg).tokens
 
     cache = jax.eval_shape(
-        lambda p: scoring.init_decode_cache(_MODEL, p, inputs, T, repeats=2),
+        lambda p: scoring.init_decode_cache(model, p, inputs, T, repeats=2),
         params)
-    buffers = [x.shape for x in jax.tree_util.tree_leaves(cache)
+    buffers = [x for x in jax.tree_util.tree_leaves(cache)
                if x.ndim == 4 and x.shape[0] > 1]  # Not the bias table.
-    shapes = {f"f32[{','.join(map(str, shape))}]" for shape in buffers}
+    hlo_dtype = {"float32": "f32", "bfloat16": "bf16"}
+    shapes = {f"{hlo_dtype[x.dtype.name]}[{','.join(map(str, x.shape))}]"
+              for x in buffers}
     # Self keys and values [6, ...], cross keys and values [3, ...].
     self.assertLen(buffers, 4 * TINY.num_decoder_layers)
-    sizes = {math.prod(shape) for shape in buffers}
+    self.assertEqual(
+        {x.dtype.name for x in buffers if x.shape[0] == 6},
+        {"float32"} if jax.default_backend() == "cpu" else {dtype})
+    self.assertEqual({x.dtype.name for x in buffers if x.shape[0] == 3},
+                     {dtype})
+    sizes = {math.prod(x.shape) for x in buffers}
     body = _while_body(jax.jit(run).lower(
         params, jax.random.key(0)).compile().as_text())
     writes = []
@@ -226,6 +237,8 @@ class DecodeLoopProgramTest(absltest.TestCase):
         # of the cache.
         self.assertNotIn(size, sizes, line)
       if shape not in shapes:
+        # Nor is there a cache-sized buffer of another dtype (a conversion).
+        self.assertNotIn(size, sizes, line)
         continue
       self.assertIn(op, ("get-tuple-element", "bitcast", "fusion",
                          "dynamic-update-slice"), line)
@@ -234,6 +247,45 @@ class DecodeLoopProgramTest(absltest.TestCase):
         writes.append(name)
     # One key and one value write per decoder layer.
     self.assertLen(writes, 2 * TINY.num_decoder_layers)
+
+
+class DecodeCacheDtypeTest(absltest.TestCase):
+
+  def test_float32_held_bf16_cache_samples_the_same(self):
+    # A bf16 model's self-attention cache held in float32 (the CPU default,
+    # layers.decode_cache_dtype) holds bf16 values and rounds the attention
+    # weights as the bf16 products do: the mixture sampler draws the same
+    # tokens with the same log-probs as with a bf16 cache.
+    model = network.Transformer(TINY.replace(dtype="bfloat16"))
+    policy, ref = _params(TINY, 0), _params(TINY, 1)
+    inputs, _ = _batch()
+    cfg = sampling.SamplingConfig(max_decode_length=T)
+
+    def run(policy, ref, rng):
+      t2l = mixture.geometric_mixture(
+          scoring.tokens_to_logits_fn(model, policy),
+          scoring.tokens_to_logits_fn(model, ref), 0.25)
+      cache = (scoring.init_decode_cache(model, policy, inputs, T, repeats=2),
+               scoring.init_decode_cache(model, ref, inputs, T, repeats=2))
+      out = sampling.sample(t2l, cache, rng, batch_size=6, cfg=cfg)
+      return out.tokens, out.aux_logps
+
+    outs = {}
+    for held in ("float32", "bfloat16"):
+      with mock.patch.object(layers, "decode_cache_dtype",
+                             lambda d, held=held: jnp.dtype(held)):
+        outs[held] = jax.jit(run)(policy, ref, jax.random.key(3))
+        # The cache really was held in that dtype.
+        cache = jax.eval_shape(lambda p: scoring.init_decode_cache(
+            model, p, inputs, T, repeats=2), policy)
+        self.assertEqual({x.dtype.name for x in jax.tree_util.tree_leaves(
+            cache) if x.ndim == 4 and x.shape[0] == 6}, {held})
+    (tokens32, logps32), (tokens16, logps16) = (outs["float32"],
+                                                outs["bfloat16"])
+    np.testing.assert_array_equal(tokens32, tokens16)
+    for name in ("policy", "ref"):
+      np.testing.assert_allclose(logps32[name], logps16[name], rtol=1e-6,
+                                 atol=1e-6, err_msg=name)
 
 
 class CausalityAndPaddingTest(absltest.TestCase):

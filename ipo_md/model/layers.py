@@ -187,7 +187,8 @@ def attention_blocks(b: int, logits_bytes_per_row: int, keys: int) -> int:
 
 
 def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
-                          dropout_rng=None, dropout_rate=0.0) -> jax.Array:
+                          dropout_rng=None, dropout_rate=0.0,
+                          dtype=None) -> jax.Array:
   """Unscaled (T5) attention; softmax in float32. Returns [B, L, H, D].
 
   Keys are stored [batch, heads, head_dim, length] and values [batch, heads,
@@ -222,6 +223,12 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
   257-512 keys, bf16 at 32 rows of 385 keys: a preference model reading
   prompt, two completions and EOS), and at 256 keys or fewer it is no faster.
 
+  The keys and values may be held in float32 while the attention computes in
+  a narrower `dtype` (the CPU's bf16 decoding cache, see MultiHeadAttention):
+  the values they hold are then values of `dtype`, the products run in
+  float32 on them, and the weights are rounded to `dtype` before the product
+  with the values, as the products in `dtype` would.
+
   Args:
     q_BxLxHxD: queries [B, L, H, D].
     k_bxHxDxS: keys [b, H, D, S], B a multiple of b.
@@ -229,9 +236,10 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
     bias: additive logits bias [B', H', L', S] with B' in (1, b, B), H' in
       (1, H) and L' in (1, L).
     dropout_rng / dropout_rate: attention dropout (off when rng is None).
+    dtype: the compute dtype (default: the keys' dtype).
 
   Returns:
-    [B, L, H, D].
+    [B, L, H, D] in `dtype`.
   """
   big_b, l, h, d = q_BxLxHxD.shape
   b, _, _, s = k_bxHxDxS.shape
@@ -241,13 +249,15 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
                      f"batch {b}.")
   dropout = dropout_rng is not None and dropout_rate > 0
   blocks = 1 if dropout else attention_blocks(b, r * h * l * s * 4, s)
+  dtype = jnp.dtype(dtype or k_bxHxDxS.dtype)
   if blocks > 1:
-    return _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, blocks)
+    return _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, blocks,
+                              dtype)
   return _attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, dropout_rng,
-                    dropout_rate)
+                    dropout_rate, dtype)
 
 
-def _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, n: int):
+def _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, n: int, dtype):
   """dot_product_attention over n blocks of the b key rows, in a loop."""
   big_b, l, h, d = q_BxLxHxD.shape
   b = k_bxHxDxS.shape[0]
@@ -265,10 +275,11 @@ def _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, n: int):
   per_block = (split_queries(q_BxLxHxD), split_keys(k_bxHxDxS),
                split_keys(v_bxHxSxD))
   if bias.shape[0] == 1:  # One bias for every row: passed whole.
-    y = jax.lax.map(lambda x: _attention(*x, bias, None, 0.0), per_block)
+    y = jax.lax.map(lambda x: _attention(*x, bias, None, 0.0, dtype),
+                    per_block)
   else:
     split = split_queries if bias.shape[0] == big_b else split_keys
-    y = jax.lax.map(lambda x: _attention(*x, None, 0.0),
+    y = jax.lax.map(lambda x: _attention(*x, None, 0.0, dtype),
                     per_block + (split(bias),))
   # [n, R * m, L, H, D] -> [R * b, L, H, D].
   y = jnp.swapaxes(y.reshape(n, r, m, l, h, d), 0, 1)
@@ -276,15 +287,17 @@ def _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, n: int):
 
 
 def _attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, dropout_rng,
-               dropout_rate) -> jax.Array:
-  """dot_product_attention in one program."""
+               dropout_rate, dtype) -> jax.Array:
+  """dot_product_attention in one program; the products in the keys' dtype
+  (`held`), everything else rounded as in `dtype`."""
   big_b, l, h, d = q_BxLxHxD.shape
   b, _, _, s = k_bxHxDxS.shape
   r = big_b // b
+  held = k_bxHxDxS.dtype
   # [R * b, L, H, D] -> [b, H, R, L, D]: prompt-major rows of one matmul.
-  dtype = k_bxHxDxS.dtype
-  q = matmul.layout(q_BxLxHxD.reshape(r, b, l, h, d), (1, 3, 0, 2, 4), dtype)
-  logits = matmul.batched_matmul(q.reshape(b, h, r * l, d), k_bxHxDxS, dtype,
+  q = matmul.layout(q_BxLxHxD.reshape(r, b, l, h, d).astype(dtype),
+                    (1, 3, 0, 2, 4), held)
+  logits = matmul.batched_matmul(q.reshape(b, h, r * l, d), k_bxHxDxS, held,
                                  jnp.float32)
   logits = logits.reshape(b, h, r, l, s) + _grouped_bias(bias, r, b)
   softmax_first = dtype == jnp.float32 and s < NORMALISE_AFTER_KEYS
@@ -297,10 +310,12 @@ def _attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, dropout_rng,
   if dropout_rng is not None and dropout_rate > 0:
     keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, weights.shape)
     weights = weights * keep / (1 - dropout_rate)
-  y = matmul.batched_matmul(weights.reshape(b, h, r * l, s), v_bxHxSxD, dtype,
-                            v_bxHxSxD.dtype if softmax_first else jnp.float32)
+  if held != dtype:  # Rounded as the product in `dtype` would round them.
+    weights = weights.astype(dtype)
+  y = matmul.batched_matmul(weights.reshape(b, h, r * l, s), v_bxHxSxD, held,
+                            dtype if softmax_first else jnp.float32)
   if not softmax_first:
-    y = (y.reshape(b, h, r, l, d) / norm).astype(v_bxHxSxD.dtype)
+    y = (y.reshape(b, h, r, l, d) / norm).astype(dtype)
   # [b, H, R, L, D] -> [R * b, L, H, D].
   y = jnp.transpose(y.reshape(b, h, r, l, d), (2, 0, 3, 1, 4))
   return y.reshape(big_b, l, h, d)
@@ -314,12 +329,25 @@ def _grouped_bias(bias, r: int, b: int) -> jax.Array:
   return bias[:, :, None]
 
 
+def decode_cache_dtype(dtype) -> jnp.dtype:
+  """The dtype of the self-attention decoding cache of a `dtype` model:
+  float32 for a narrower dtype on the CPU (see MultiHeadAttention), else
+  `dtype`."""
+  dtype = jnp.dtype(dtype)
+  if jax.default_backend() == "cpu" and dtype.itemsize < 4:
+    return jnp.dtype(jnp.float32)
+  return dtype
+
+
 class MultiHeadAttention(nn.Module):
   """T5 attention. In decode mode it keeps a cache in the "cache" collection.
 
   Self-attention (`is_cross=False`) caches keys [B, H, D, S_max] and values
   [B, H, S_max, D] of the tokens decoded so far, written in place one
-  position per step. Cross-attention caches the keys and values of the
+  position per step. On the CPU a bfloat16 model holds this cache in float32
+  (`decode_cache_dtype`; the values stay bf16 values): XLA:CPU computes the
+  one-query products over it in float32, and with a bf16 cache it converted
+  and copied the whole cache of every layer at every step. Cross-attention caches the keys and values of the
   encoder output once, at the cache-initialising call, and reuses them at
   every step without touching the encoder output again; the encoder output
   may have fewer rows than the decoder (see `dot_product_attention`), so
@@ -378,8 +406,10 @@ class MultiHeadAttention(nn.Module):
   def _self_cache(self, key, value, x_Bx1xE):
     k, v = self._keys(key(x_Bx1xE)), self._values(value(x_Bx1xE))
     initialised = self.has_variable("cache", "cached_key")
-    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    held = decode_cache_dtype(self.dtype)
+    k, v = k.astype(held), v.astype(held)
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, held)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, held)
     index = self.variable("cache", "cache_index",
                           lambda: jnp.array(0, jnp.int32))
     if not initialised:
@@ -423,7 +453,7 @@ class MultiHeadAttention(nn.Module):
     keys_bx1xExS = matmul.layout(x, (0, 2, 1), self.dtype)[:, None]
     u_BxHx1xE = dot_product_attention(
         q_BxHxE[:, :, None].astype(self.dtype), keys_bx1xExS, x[:, None],
-        bias, rng, self.dropout_rate)
+        bias, rng, self.dropout_rate, self.dtype)
     y_BxHxD = dot("bhe,ehd->bhd", u_BxHx1xE[:, :, 0], w_v.astype(self.dtype))
     return y_BxHxD.astype(self.dtype)[:, None]
 
@@ -439,7 +469,8 @@ class MultiHeadAttention(nn.Module):
     else:
       k, v = self._key_value(self._dense("key"), self._dense("value"),
                              x_kv_BxSxE, decode)
-      y = dot_product_attention(q, k, v, bias, rng, self.dropout_rate)
+      y = dot_product_attention(q, k, v, bias, rng, self.dropout_rate,
+                                self.dtype)
     b, l = y.shape[:2]
     return self._dense("out")(y.reshape(b, l, self.num_heads * self.head_dim))
 

@@ -146,21 +146,10 @@ class CachedDecodingTest(absltest.TestCase):
   def test_sampler_logps_equal_teacher_forced_scores(self):
     # The mixture sampler's recorded policy/ref log-probs are the
     # teacher-forced log-probs of the sampled sequences under each model.
-    model = _MODEL
     policy, ref = _params(TINY, 0), _params(TINY, 1)
     inputs, _ = _batch()
-    cfg = sampling.SamplingConfig(max_decode_length=T)
-
-    @jax.jit
-    def run(policy, ref, rng):
-      t2l = mixture.geometric_mixture(
-          scoring.tokens_to_logits_fn(model, policy),
-          scoring.tokens_to_logits_fn(model, ref), 0.25)
-      cache = (scoring.init_decode_cache(model, policy, inputs, T, repeats=2),
-               scoring.init_decode_cache(model, ref, inputs, T, repeats=2))
-      return sampling.sample(t2l, cache, rng, batch_size=6, cfg=cfg)
-
-    out = run(policy, ref, jax.random.key(0))
+    out = jax.jit(functools.partial(_mixture_sample, _MODEL, inputs=inputs))(
+        policy, ref, jax.random.key(0))
     tiled = jnp.concatenate([inputs, inputs])
     for name, params in (("policy", policy), ("ref", ref)):
       scores = _score(params, tiled, out.tokens)
@@ -168,6 +157,17 @@ class CachedDecodingTest(absltest.TestCase):
                                  rtol=1e-5, atol=1e-5, err_msg=name)
     self.assertFalse(np.allclose(out.aux_logps["policy"],
                                  out.aux_logps["ref"], atol=1e-3))
+
+
+def _mixture_sample(model, policy, ref, rng, *, inputs):
+  """Two completions per prompt from the beta = 0.25 geometric mixture, T
+  tokens, with both models' log-probs (`sampling.sample`'s output)."""
+  t2l = mixture.geometric_mixture(scoring.tokens_to_logits_fn(model, policy),
+                                  scoring.tokens_to_logits_fn(model, ref), 0.25)
+  cache = (scoring.init_decode_cache(model, policy, inputs, T, repeats=2),
+           scoring.init_decode_cache(model, ref, inputs, T, repeats=2))
+  return sampling.sample(t2l, cache, rng, batch_size=2 * inputs.shape[0],
+                         cfg=sampling.SamplingConfig(max_decode_length=T))
 
 
 def _while_body(hlo_text: str) -> list[str]:
@@ -259,15 +259,9 @@ class DecodeCacheDtypeTest(absltest.TestCase):
     model = network.Transformer(TINY.replace(dtype="bfloat16"))
     policy, ref = _params(TINY, 0), _params(TINY, 1)
     inputs, _ = _batch()
-    cfg = sampling.SamplingConfig(max_decode_length=T)
 
     def run(policy, ref, rng):
-      t2l = mixture.geometric_mixture(
-          scoring.tokens_to_logits_fn(model, policy),
-          scoring.tokens_to_logits_fn(model, ref), 0.25)
-      cache = (scoring.init_decode_cache(model, policy, inputs, T, repeats=2),
-               scoring.init_decode_cache(model, ref, inputs, T, repeats=2))
-      out = sampling.sample(t2l, cache, rng, batch_size=6, cfg=cfg)
+      out = _mixture_sample(model, policy, ref, rng, inputs=inputs)
       return out.tokens, out.aux_logps
 
     outs = {}

@@ -4,8 +4,10 @@ These must run before JAX initialises its backend, which is why they live in
 conftest rather than in each test module.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -19,9 +21,10 @@ jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests that build several Trainers compile identical programs; a per-session
-# compilation cache compiles each once.
-jax.config.update("jax_compilation_cache_dir",
-                  tempfile.mkdtemp(prefix="ipo_md_test_jax_cache_"))
+# compilation cache compiles each once (one per process, removed at its exit).
+_CACHE_DIR = tempfile.mkdtemp(prefix="ipo_md_test_jax_cache_")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # Real data samples, used by tests that skip themselves when it is absent.

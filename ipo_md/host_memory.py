@@ -42,8 +42,9 @@ step's allocations on the main thread, whose heap this governs): the T5-small
 IPO update took 2.60-2.72 s against 3.29-3.34 s in bf16 and 6.03-6.13 s
 against 6.63-6.76 s in float32, the tiny one 59 against 84 ms, the update's
 peak RSS the same; the README's main job ran in 4 min 32 s against 5 min 18 s,
-its peak RSS 2.2 GB against 1.9 GB. The Trainer turns it on before its first step when JAX runs on the
-CPU; IPO_MD_REUSE_HOST_BUFFERS=0 leaves glibc as it is.
+its peak RSS 2.2 GB against 1.9 GB. The Trainer turns it on before its first
+step when JAX runs on the CPU; IPO_MD_REUSE_HOST_BUFFERS=0 leaves glibc as it
+is.
 """
 
 import ctypes

@@ -50,9 +50,10 @@ def configure_cpu_dispatch() -> bool:
   when it is freed, whatever mallopt says (mmap and trimming turned off
   left 594,000 of about 600,000 page faults per T5-small update). Run on
   the main thread, the buffers come from the main heap, which
-  `host_memory.reuse_freed_memory` keeps. Python then waits for each call to finish
-  instead of queueing the next one; on a CPU the two cores are busy with the
-  step either way. Programs over several devices keep their own threads.
+  `host_memory.reuse_freed_memory` keeps. Python then waits for each call to
+  finish instead of queueing the next one; on a CPU the two cores are busy
+  with the step either way. Programs over several devices keep their own
+  threads.
   Must run before JAX creates its CPU client (the first computation); later
   it has no effect. Accelerator backends are not affected.
   """
@@ -67,7 +68,6 @@ def configure_cpu_dispatch() -> bool:
     return False  # Too late: the CPU client exists (and keeps its mode).
   jax.config.update("jax_cpu_enable_async_dispatch", False)
   return True
-
 
 
 def configure_cpu_runtime() -> None:

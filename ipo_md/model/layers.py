@@ -347,11 +347,12 @@ class MultiHeadAttention(nn.Module):
   position per step. On the CPU a bfloat16 model holds this cache in float32
   (`decode_cache_dtype`; the values stay bf16 values): XLA:CPU computes the
   one-query products over it in float32, and with a bf16 cache it converted
-  and copied the whole cache of every layer at every step. Cross-attention caches the keys and values of the
-  encoder output once, at the cache-initialising call, and reuses them at
-  every step without touching the encoder output again; the encoder output
-  may have fewer rows than the decoder (see `dot_product_attention`), so
-  several completions of a prompt share one copy.
+  and copied the whole cache of every layer at every step. Cross-attention
+  caches the keys and values of the encoder output once, at the
+  cache-initialising call, and reuses them at every step without touching
+  the encoder output again; the encoder output may have fewer rows than the
+  decoder (see `dot_product_attention`), so several completions of a prompt
+  share one copy.
   """
 
   num_heads: int

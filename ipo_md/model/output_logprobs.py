@@ -28,9 +28,10 @@ buys that memory back.
 That matmul is the dearest in float32 (about 6 % of the T5-small update's
 products). So when the activations are float32 and the softmax of all rows
 fits in `keep_bytes` (384 MiB by default; the T5-small update's 2,048 rows
-of 32k, padded to whole chunks, need 256 MiB), the forward keeps the softmax itself, one float32 per
-logit, and the backward reads it instead of recomputing the logits. The
-gradient is the same expression on the same values. In bfloat16 the
+of 32k, padded to whole chunks, need 256 MiB), the forward keeps the softmax
+itself, one float32 per logit, and the backward reads it instead of
+recomputing the logits. The gradient is the same expression on the same
+values. In bfloat16 the
 recomputation runs at the bf16 matmul rate and the softmax is never kept.
 """
 
@@ -154,9 +155,10 @@ def token_logprobs(hidden_BxTxE: jax.Array, kernel_ExV: jax.Array,
         f"{kernel_ExV.shape} and targets {targets_BxT.shape} do not match "
         "([B, T, E], [E, V], [B, T]).")
   rows = _chunk_rows(b * t, v, chunk_bytes)
-  kept = -(-b * t // rows) * rows * v * 4
-  keep = hidden_BxTxE.dtype == jnp.float32 and kept <= keep_bytes
+  softmax_bytes = -(-b * t // rows) * rows * v * 4
+  keep = bool(hidden_BxTxE.dtype == jnp.float32
+              and softmax_bytes <= keep_bytes)
   flat = _token_logprobs(hidden_BxTxE.reshape(b * t, e), kernel_ExV,
                          targets_BxT.reshape(b * t).astype(jnp.int32), rows,
-                         bool(keep))
+                         keep)
   return flat.reshape(b, t)

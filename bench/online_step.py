@@ -123,8 +123,12 @@ def jax_phases(model, pm: learned.PreferenceModel, shape: Shape, tx):
              scoring.init_decode_cache(model, ref, inputs, t, repeats=2))
     out = sampling.sample(sau._no_eos(fn), cache, rng, batch_size=2 * b,  # pylint: disable=protected-access
                           cfg=cfg)
-    ref_seq = jnp.sum(out.aux_logps["ref"], axis=1)  # Full length: no mask.
-    return dict(y=out.tokens[:b], yp=out.tokens[b:], ref_y=ref_seq[:b],
+    # The network's rows are prompt-major; y and y' are its two halves in the
+    # framework's order (as ipo_md.rollouts returns them).
+    tokens = scoring.framework_major(out.tokens, 2)
+    ref_seq = scoring.framework_major(
+        jnp.sum(out.aux_logps["ref"], axis=1), 2)  # Full length: no mask.
+    return dict(y=tokens[:b], yp=tokens[b:], ref_y=ref_seq[:b],
                 ref_yp=ref_seq[b:])
 
   @jax.jit

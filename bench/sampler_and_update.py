@@ -126,8 +126,11 @@ def _jax_sampler(model, shape: Shape, beta: float):
           policy_fn, scoring.tokens_to_logits_fn(model, ref), beta)
       cache = (cache,
                scoring.init_decode_cache(model, ref, inputs, t, repeats=2))
-    return sampling.sample(_no_eos(fn), cache, rng,
-                           batch_size=2 * inputs.shape[0], cfg=cfg).tokens
+    tokens = sampling.sample(_no_eos(fn), cache, rng,
+                             batch_size=2 * inputs.shape[0], cfg=cfg).tokens
+    # The network's rows are prompt-major: the framework's order, as
+    # ipo_md.rollouts returns it.
+    return scoring.framework_major(tokens, 2)
 
   return run
 

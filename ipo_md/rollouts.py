@@ -38,8 +38,20 @@ def sample(net: network.Transformer, params, inputs_BxS: jax.Array,
                                     repeats=repeats)
   fn = mixture.with_logps(scoring.tokens_to_logits_fn(net, params),
                           POLICY_LOGPS)
-  out = sampling.sample(fn, cache, rng,
-                        batch_size=repeats * inputs_BxS.shape[0], cfg=cfg)
+  return _sample_rows(fn, cache, rng, inputs_BxS.shape[0], repeats, cfg)
+
+
+def _sample_rows(fn, cache, rng, batch: int, repeats: int,
+                 cfg: sampling.SamplingConfig) -> sampling.Samples:
+  """Samples the network's prompt-major rows (`scoring.prompt_major`), each
+  with the random numbers of its row in the framework's order, and returns
+  them in the framework's order, under stop-gradient."""
+  n = repeats * batch
+  order = scoring.prompt_major(jnp.arange(n), repeats)
+  out = sampling.sample(fn, cache, rng, batch_size=n, cfg=cfg,
+                        draw_order=None if repeats == 1 else order)
+  out = jax.tree_util.tree_map(
+      lambda x: scoring.framework_major(x, repeats), out)
   return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
 
 
@@ -65,12 +77,14 @@ def sample_mixture(policy_net: network.Transformer, policy_params,
                                            inputs_BxS, t, repeats=repeats)
   ref_cache = scoring.init_decode_cache(ref_net, ref_params, inputs_BxS, t,
                                         repeats=repeats)
+  n = repeats * inputs_BxS.shape[0]
+  if not isinstance(beta, (int, float)) and jnp.shape(beta) == (n,):
+    beta = scoring.prompt_major(jnp.asarray(beta), repeats)  # Row weights.
   fn = mixture.geometric_mixture(
       scoring.tokens_to_logits_fn(policy_net, policy_params),
       scoring.tokens_to_logits_fn(ref_net, ref_params), beta)
-  out = sampling.sample(fn, (policy_cache, ref_cache), rng,
-                        batch_size=repeats * inputs_BxS.shape[0], cfg=cfg)
-  return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
+  return _sample_rows(fn, (policy_cache, ref_cache), rng,
+                      inputs_BxS.shape[0], repeats, cfg)
 
 
 def row_betas(beta: float, batch: int, *, policy_repeats: int,

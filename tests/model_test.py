@@ -134,12 +134,13 @@ class CachedDecodingTest(absltest.TestCase):
     self.assertGreater(float(jnp.abs(full[:, 0] - full[:, 1]).max()), 1e-2)
 
   def test_cache_with_repeats_tiles_prompts(self):
-    # Two completions per prompt: rows [prompts] * 2 see the same encoder.
+    # Two completions per prompt: the network's rows are prompt-major (rows
+    # 2i and 2i + 1 read prompt i), and see the same encoder output.
     params = _params(TINY)
     inputs, targets = _batch()
-    dec_in = logprobs.shift_right(
-        jnp.concatenate([targets, targets[::-1]], axis=0))
-    full = _forward(TINY)(params, jnp.concatenate([inputs, inputs]), dec_in)
+    dec_in = logprobs.shift_right(scoring.prompt_major(
+        jnp.concatenate([targets, targets[::-1]], axis=0), 2))
+    full = _forward(TINY)(params, jnp.repeat(inputs, 2, axis=0), dec_in)
     np.testing.assert_allclose(_decode_all(params, inputs, dec_in, 2), full,
                                rtol=1e-5, atol=1e-5)
 
@@ -150,7 +151,7 @@ class CachedDecodingTest(absltest.TestCase):
     inputs, _ = _batch()
     out = jax.jit(functools.partial(_mixture_sample, _MODEL, inputs=inputs))(
         policy, ref, jax.random.key(0))
-    tiled = jnp.concatenate([inputs, inputs])
+    tiled = jnp.repeat(inputs, 2, axis=0)  # The cache's rows: prompt-major.
     for name, params in (("policy", policy), ("ref", ref)):
       scores = _score(params, tiled, out.tokens)
       np.testing.assert_allclose(out.aux_logps[name], scores.token,
@@ -550,14 +551,15 @@ def _bf16(x):
 
 def _np_attention(q, k, v, bias, r, keep=None, rate=0.0):
   """float64 softmax(q k + bias) v in dot_product_attention's layouts:
-  q [R*b, L, H, D], k [b, H, D, S], v [b, H, S, D], bias broadcastable to
-  [R*b, H, L, S]; keep: dropout's keep mask [b, H, R, L, S]."""
-  q = q.reshape(r, -1, *q.shape[1:]).transpose(1, 3, 0, 2, 4)  # [b,H,R,L,D]
+  q [b*R, L, H, D] (query row i * R + r reads key row i), k [b, H, D, S],
+  v [b, H, S, D], bias broadcastable to [b*R, H, L, S]; keep: dropout's keep
+  mask [b, H, R, L, S]."""
+  q = q.reshape(-1, r, *q.shape[1:]).transpose(0, 3, 1, 2, 4)  # [b,H,R,L,D]
   logits = np.einsum("bhrld,bhds->bhrls", q, k)
   bias = np.broadcast_to(bias, (q.shape[0] * r,) + logits.shape[1:2]
                          + logits.shape[3:])
-  logits = logits + bias.reshape(r, -1, *bias.shape[1:]).transpose(
-      1, 2, 0, 3, 4)
+  logits = logits + bias.reshape(-1, r, *bias.shape[1:]).transpose(
+      0, 2, 1, 3, 4)
   # The logits are float32 in the model: a fully masked row (-1e10 + bias)
   # then holds equal logits, i.e. uniform weights, as it does there.
   logits = logits.astype(np.float32).astype(np.float64)
@@ -565,8 +567,8 @@ def _np_attention(q, k, v, bias, r, keep=None, rate=0.0):
   w = w / w.sum(-1, keepdims=True)
   if keep is not None:
     w = w * keep / (1 - rate)
-  y = np.einsum("bhrls,bhsd->bhrld", w, v)  # -> [R*b, L, H, D]
-  return y.transpose(2, 0, 3, 1, 4).reshape(-1, *y.shape[3:4], y.shape[1],
+  y = np.einsum("bhrls,bhsd->bhrld", w, v)  # -> [b*R, L, H, D]
+  return y.transpose(0, 2, 3, 1, 4).reshape(-1, *y.shape[3:4], y.shape[1],
                                             y.shape[4])
 
 
@@ -705,8 +707,8 @@ class BlockedAttentionTest(parameterized.TestCase):
       blocked = np.asarray(fn(q, k, v, bias), np.float32)
     np.testing.assert_array_equal(blocked, whole)
     bias = np.asarray(bias, np.float64)
-    if bias_rows == "keys":  # Key row i's bias is that of queries r * b + i.
-      bias = np.tile(bias, (2, 1, 1, 1))
+    if bias_rows == "keys":  # Key row i's bias is that of queries i * R + r.
+      bias = np.repeat(bias, 2, axis=0)
     want = _np_attention(*(np.asarray(jnp.asarray(x, jnp.float32), np.float64)
                            for x in (q, k, v)), bias, 2)
     tol = 1e-5 if dtype == "float32" else 3e-2

@@ -191,6 +191,87 @@ class ShardingTest(absltest.TestCase):
         - params["decoder"]["logits_dense"]["kernel"]).max()), 1e-4)
 
 
+def _while_body(hlo_text: str) -> str:
+  """The text of the compiled program's largest while-loop body."""
+  loops = [l for l in hlo_text.splitlines() if re.search(r"\) while\(", l)]
+  body = re.search(r"body=(%[\w.\-]+)", max(loops, key=len)).group(1)
+  start = re.search(rf"^{re.escape(body)} .*\{{$", hlo_text, re.M).end()
+  return hlo_text[start:hlo_text.index("\n}", start)]
+
+
+_COLLECTIVES = ("all-to-all", "all-gather", "collective-permute",
+                "all-reduce", "reduce-scatter")
+
+
+def _collectives(hlo_text: str) -> dict[str, int]:
+  return {c: n for c in _COLLECTIVES
+          if (n := len(re.findall(rf" {c}(?:-start)?\(", hlo_text)))}
+
+
+class DataParallelRowsTest(absltest.TestCase):
+  """On a data-parallel mesh every completion lives on the device of its
+  prompt: the network takes the R completions of a prompt as adjacent rows
+  (scoring.prompt_major), so a batch split into equal blocks keeps each of
+  them with the prompt's encoder output and cross-attention keys and values.
+  With the prompts' rows repeated R times instead ([all prompts] * R, the
+  framework's order), XLA exchanged the cross-attention's operands between
+  devices at every decoding step (four all-to-alls per step here) and
+  gathered the encoder output in the update."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    if len(jax.devices()) < 4:
+      raise absltest.SkipTest("needs the fake CPU devices of conftest")
+    cls.mesh = _mesh(4, 1)
+
+  def _sampler(self, mesh):
+    from ipo_md import rollouts  # pylint: disable=g-import-not-at-top
+    from ipo_md.decoding import sampling  # pylint: disable=g-import-not-at-top
+    cfg = sampling.SamplingConfig(max_decode_length=T)
+
+    def run(policy, ref, inputs, rng):
+      return rollouts.sample_mixture(MODEL, policy, MODEL, ref, inputs, rng,
+                                     cfg, beta=0.25, repeats=2)
+
+    return partitioning.sharded_jit(
+        run, mesh, in_shardings=(partitioning.replicated(mesh),) * 2
+        + (partitioning.batch_sharding(mesh), partitioning.replicated(mesh)))
+
+  def test_decoding_steps_exchange_nothing_between_devices(self):
+    policy = _initial()[0]
+    ref = scoring.init_params(MODEL, jax.random.key(1))
+    inputs, rng = _batch()["inputs"], jax.random.key(2)
+    sampler = self._sampler(self.mesh)
+    compiled = sampler.lower(policy, ref, inputs, rng).compile().as_text()
+    # The whole step runs on each device's own rows; only the loop's exit
+    # test (has every row ended?) is agreed, in the loop's condition.
+    self.assertEqual(_collectives(_while_body(compiled)), {})
+    self.assertIn(f"s32[{2 * B // 4},{T}]", compiled)  # Rows really split.
+    out = sampler(policy, ref, inputs, rng)
+    one = self._sampler(_mesh(1, 1))(policy, ref, inputs, rng)
+    np.testing.assert_array_equal(out.tokens, one.tokens)
+    for name in ("policy", "ref"):
+      np.testing.assert_allclose(out.aux_logps[name], one.aux_logps[name],
+                                 rtol=1e-5, atol=1e-5)
+
+  def test_update_moves_no_activations_between_devices(self):
+    step = _compiled_step(self.mesh)[0]
+    params, opt_state = _initial()
+    compiled = step.lower(params, opt_state, _batch()).compile().as_text()
+    self.assertIn("all-reduce", _collectives(compiled))  # The gradient.
+    # Only the completions' tokens and per-token scores change order between
+    # the framework's rows and the network's: nothing larger than [2B, T]
+    # (the encoder output and its keys here: [B, S, 32], [B, 4, 8, S]).
+    moved = re.findall(
+        r"= \(?([a-z0-9]+\[[\d,]*\]).*? (?:all-gather|all-to-all)(?:-start)?\(",
+        compiled)
+    self.assertNotEmpty(moved)
+    for shape in moved:
+      dims = [int(d) for d in re.findall(r"\d+", shape.split("[")[1])]
+      self.assertLessEqual(int(np.prod(dims)), 2 * B * T, shape)
+
+
 class CompilerOptionsTest(absltest.TestCase):
 
   def test_sharded_jit_schedules_cpu_programs_for_memory(self):

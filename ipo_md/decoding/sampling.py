@@ -117,7 +117,8 @@ def _cumsum(x_NxK: jax.Array) -> jax.Array:
   return jnp.dot(x_NxK, upper_KxK, precision=jax.lax.Precision.HIGHEST)
 
 
-def categorical(rng: jax.Array, logits_BxV: jax.Array) -> jax.Array:
+def categorical(rng: jax.Array, logits_BxV: jax.Array,
+                draw_order: jax.Array | None = None) -> jax.Array:
   """One token per row from softmax(logits): exact inverse-CDF sampling.
 
   `jax.random.categorical` (Gumbel-max) draws a random number, takes two
@@ -131,6 +132,8 @@ def categorical(rng: jax.Array, logits_BxV: jax.Array) -> jax.Array:
   Args:
     rng: a PRNG key.
     logits_BxV: float32 logits [B, V].
+    draw_order: optional int [B]: row k takes uniform number draw_order[k]
+      of the B drawn from `rng` (rows in another order draw the same tokens).
 
   Returns:
     int32 tokens [B].
@@ -142,7 +145,10 @@ def categorical(rng: jax.Array, logits_BxV: jax.Array) -> jax.Array:
   p_BxNxK = jnp.pad(p, ((0, 0), (0, nb * _BLOCK - v))).reshape(b, nb, _BLOCK)
   mass_BxN = jnp.sum(p_BxNxK, axis=-1)
   cdf_BxN = _cumsum(mass_BxN)
-  target_B = jax.random.uniform(rng, (b,)) * cdf_BxN[:, -1]
+  u_B = jax.random.uniform(rng, (b,))
+  if draw_order is not None:
+    u_B = u_B[draw_order]
+  target_B = u_B * cdf_BxN[:, -1]
   block_B = _first_above(cdf_BxN, mass_BxN, target_B)
   # The mass before the block, then the target's place inside it.
   iota_BxN = jax.lax.broadcasted_iota(jnp.int32, (b, nb), 1)
@@ -154,8 +160,14 @@ def categorical(rng: jax.Array, logits_BxV: jax.Array) -> jax.Array:
 
 
 def sample(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
-           batch_size: int, cfg: SamplingConfig) -> Samples:
-  """Samples [batch_size, cfg.max_decode_length] tokens (see module doc)."""
+           batch_size: int, cfg: SamplingConfig,
+           draw_order: jax.Array | None = None) -> Samples:
+  """Samples [batch_size, cfg.max_decode_length] tokens (see module doc).
+
+  `draw_order` ([batch_size] ints, optional): row k takes the random number
+  of row draw_order[k] at every step (`categorical`), so a batch whose rows
+  are a permutation of another's draws the same tokens for the same rows.
+  """
   t_max = cfg.max_decode_length
   _, _, aux0 = jax.eval_shape(
       tokens_to_logits, jnp.zeros((batch_size, 1), jnp.int32), cache)
@@ -174,7 +186,7 @@ def sample(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
   def body(s):
     logits, cache, aux = tokens_to_logits(s["prev"], s["cache"])
     step_rng = jax.random.fold_in(rng, s["i"])
-    token = categorical(step_rng, filter_logits(logits, cfg))
+    token = categorical(step_rng, filter_logits(logits, cfg), draw_order)
     token = jnp.where(s["done"], cfg.pad_id, token).astype(jnp.int32)
     record = {
         k: jnp.where(s["done"], 0.0,

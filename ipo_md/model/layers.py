@@ -210,10 +210,13 @@ def dot_product_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias,
   those of earlier releases bit for bit) normalises first; every other case
   normalises after.
 
-  The keys and values may have fewer rows than the queries: with B = R * b,
-  query row r * b + i attends to key/value row i (R completions of each of b
+  The keys and values may have fewer rows than the queries: with B = b * R,
+  query row i * R + r attends to key/value row i (R completions of each of b
   prompts share one copy of the encoder's keys and values). The R queries of
-  a prompt then become R * L rows of one matmul against its keys.
+  a prompt then become R * L rows of one matmul against its keys. The rows
+  are prompt-major so that a batch split into equal blocks (data parallelism)
+  keeps every query row on the device of its key row (`scoring.prompt_major`
+  converts from the framework's order).
 
   On the CPU, over more than CPU_FAST_KEYS keys and with no dropout, the b
   key rows go through in blocks (`attention_blocks`: a loop, each block's
@@ -264,10 +267,9 @@ def _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, n: int, dtype):
   r, m = big_b // b, b // n
 
   def split_queries(x):
-    """[R * b, ...] -> [n, R * m, ...]: block j holds the R queries of key
-    rows j * m ... j * m + m - 1, in the same (R, row) order."""
-    x = x.reshape((r, n, m) + x.shape[1:])
-    return jnp.swapaxes(x, 0, 1).reshape((n, r * m) + x.shape[3:])
+    """[b * R, ...] -> [n, m * R, ...]: block j holds the R queries of each
+    of key rows j * m ... j * m + m - 1, in the same order."""
+    return x.reshape((n, m * r) + x.shape[1:])
 
   def split_keys(x):
     return x.reshape((n, m) + x.shape[1:])
@@ -281,8 +283,7 @@ def _blocked_attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, n: int, dtype):
     split = split_queries if bias.shape[0] == big_b else split_keys
     y = jax.lax.map(lambda x: _attention(*x, None, 0.0, dtype),
                     per_block + (split(bias),))
-  # [n, R * m, L, H, D] -> [R * b, L, H, D].
-  y = jnp.swapaxes(y.reshape(n, r, m, l, h, d), 0, 1)
+  # [n, m * R, L, H, D] -> [b * R, L, H, D].
   return y.reshape(big_b, l, h, d)
 
 
@@ -294,9 +295,9 @@ def _attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, dropout_rng,
   b, _, _, s = k_bxHxDxS.shape
   r = big_b // b
   held = k_bxHxDxS.dtype
-  # [R * b, L, H, D] -> [b, H, R, L, D]: prompt-major rows of one matmul.
-  q = matmul.layout(q_BxLxHxD.reshape(r, b, l, h, d).astype(dtype),
-                    (1, 3, 0, 2, 4), held)
+  # [b * R, L, H, D] -> [b, H, R, L, D]: the R * L rows of one matmul.
+  q = matmul.layout(q_BxLxHxD.reshape(b, r, l, h, d).astype(dtype),
+                    (0, 3, 1, 2, 4), held)
   logits = matmul.batched_matmul(q.reshape(b, h, r * l, d), k_bxHxDxS, held,
                                  jnp.float32)
   logits = logits.reshape(b, h, r, l, s) + _grouped_bias(bias, r, b)
@@ -316,16 +317,15 @@ def _attention(q_BxLxHxD, k_bxHxDxS, v_bxHxSxD, bias, dropout_rng,
                             dtype if softmax_first else jnp.float32)
   if not softmax_first:
     y = (y.reshape(b, h, r, l, d) / norm).astype(dtype)
-  # [b, H, R, L, D] -> [R * b, L, H, D].
-  y = jnp.transpose(y.reshape(b, h, r, l, d), (2, 0, 3, 1, 4))
+  # [b, H, R, L, D] -> [b * R, L, H, D].
+  y = jnp.transpose(y.reshape(b, h, r, l, d), (0, 2, 3, 1, 4))
   return y.reshape(big_b, l, h, d)
 
 
 def _grouped_bias(bias, r: int, b: int) -> jax.Array:
   """[B' , H', L', S] bias -> broadcastable to [b, H, R, L, S]."""
   if bias.shape[0] == r * b and r > 1:
-    return jnp.transpose(bias.reshape((r, b) + bias.shape[1:]),
-                         (1, 2, 0, 3, 4))
+    return jnp.swapaxes(bias.reshape((b, r) + bias.shape[1:]), 1, 2)
   return bias[:, :, None]
 
 

@@ -202,8 +202,9 @@ class Transformer(nn.Module):
     (logits = hidden @ output_kernel(config, params)).
 
     `encoded_BxSxE` and `inputs_BxS` may have b rows with B a multiple of b:
-    decoder row r * b + i then reads prompt i (R = B / b completions per
-    prompt share the encoder output and its cross-attention keys/values).
+    decoder row i * R + r then reads prompt i (R = B / b completions per
+    prompt share the encoder output and its cross-attention keys/values;
+    rows prompt-major, see `layers.dot_product_attention`).
     With `decode=True` the first call sizes the cache (pass tokens of the
     maximum decode length) and stores the cross-attention keys and values;
     each later call takes one token [B, 1] and `encoded_BxSxE=None`.

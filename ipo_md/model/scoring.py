@@ -14,6 +14,33 @@ from ipo_md.model import network
 from ipo_md.model import output_logprobs
 
 
+def prompt_major(x_RBx, repeats: int) -> jax.Array:
+  """Rows [all prompts] * R (the framework's order: row r * b + i answers
+  prompt i) -> the network's prompt-major order (row i * R + r).
+
+  The network groups the R completions of a prompt next to each other so
+  that a batch split into equal blocks over a data-parallel mesh keeps each
+  completion on the device of its prompt (and of the prompt's encoder output
+  and cross-attention keys and values): with the framework's order every
+  decoder layer's cross-attention would need an all-to-all between devices,
+  at every decoding step.
+  """
+  if repeats == 1:
+    return x_RBx
+  n = x_RBx.shape[0]
+  x = x_RBx.reshape((repeats, n // repeats) + x_RBx.shape[1:])
+  return jnp.swapaxes(x, 0, 1).reshape(x_RBx.shape)
+
+
+def framework_major(x_BRx, repeats: int) -> jax.Array:
+  """The inverse of `prompt_major`: row i * R + r -> row r * b + i."""
+  if repeats == 1:
+    return x_BRx
+  n = x_BRx.shape[0]
+  x = x_BRx.reshape((n // repeats, repeats) + x_BRx.shape[1:])
+  return jnp.swapaxes(x, 0, 1).reshape(x_BRx.shape)
+
+
 def encode(model: network.Transformer, params, inputs_BxS):
   return model.apply({"params": params}, inputs_BxS, method=model.encode)
 
@@ -44,27 +71,31 @@ def score_targets(model: network.Transformer, params, inputs_BxS, targets_BxT,
         f"inputs batch {inputs_BxS.shape[0]} differs from the encoded batch "
         f"{encoded.shape[0]}; pass the prompts once per encoder row."
     )
-  # No tiling: the decoder's cross-attention reads prompt i for rows
-  # i, b + i, 2b + i, ... (network.Transformer.decode).
+  # No tiling: the decoder's cross-attention reads prompt i for its R rows,
+  # which it takes prompt-major (network.Transformer.decode).
+  grouped = prompt_major(targets_BxT, reps)
   hidden = model.apply({"params": params}, encoded, inputs_BxS,
-                       logprobs.shift_right(targets_BxT),
+                       logprobs.shift_right(grouped),
                        deterministic=deterministic, method=model.decode,
                        rngs=rngs, hidden_only=True)
-  mask = logprobs.target_mask(targets_BxT, eos_id=eos_id)
   # Equal to logprobs.token_logprobs of the logits, without holding them.
   token = output_logprobs.token_logprobs(
-      hidden, network.output_kernel(model.config, params), targets_BxT)
-  return logprobs.sequence_logprobs(token, mask, reduce=reduce)
+      hidden, network.output_kernel(model.config, params), grouped)
+  mask = logprobs.target_mask(targets_BxT, eos_id=eos_id)
+  return logprobs.sequence_logprobs(framework_major(token, reps), mask,
+                                    reduce=reduce)
 
 
 def init_decode_cache(model: network.Transformer, params, inputs_BxS,
                       max_decode_length: int, *, repeats: int = 1) -> Any:
   """Runs the encoder once and builds the decoder cache for `repeats`
-  completions per prompt (rows ordered [all prompts] * repeats).
+  completions per prompt.
 
   The encoder output and its cross-attention keys and values are stored once
-  per prompt, not once per completion: the decoder maps row r * b + i to
-  prompt i.
+  per prompt, not once per completion. The decoder's rows are the network's
+  prompt-major order (row i * R + r is completion r of prompt i, see
+  `prompt_major`): samples drawn with this cache come out in that order
+  (`ipo_md.rollouts` returns them in the framework's order).
   """
   encoded = encode(model, params, inputs_BxS)
   dummy = jnp.zeros((repeats * encoded.shape[0], max_decode_length), jnp.int32)

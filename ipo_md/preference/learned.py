@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from ipo_md.model import network
+from ipo_md.model import scoring
 
 EOS_ID = 1
 PAD_ID = 0
@@ -332,6 +333,12 @@ def read_out(net: network.Transformer, params, head, inputs_BxLi,
     decoder = pack(segments, head.decoder_length, eos=False,
                    what=f"{what} (decoder)")
     position_B = packed_length(segments) - 1
+    if repeats > 1:  # The network takes the R rows of a prompt together.
+      decoder = scoring.prompt_major(decoder, repeats)
+      position_B = scoring.prompt_major(position_B, repeats)
+      return scoring.framework_major(_score(_readout_logits(
+          net, params, encoder, decoder, position_B, head.readout,
+          rngs=rngs)), repeats)
   return _score(_readout_logits(net, params, encoder, decoder, position_B,
                                 head.readout, rngs=rngs))
 

@@ -60,8 +60,8 @@ from ipo_md import losses
 from ipo_md import optim
 from ipo_md import partitioning
 from ipo_md import profiling
+from ipo_md import rollouts
 from ipo_md.cli import runtime
-from ipo_md.decoding import mixture
 from ipo_md.decoding import sampling
 from ipo_md.model import config as config_lib
 from ipo_md.model import network
@@ -111,24 +111,16 @@ SHAPES = (
 def jax_phases(model, pm: learned.PreferenceModel, shape: Shape, tx):
   """(sample_fn, preference_fn, update_fn), each jitted."""
   t = shape.new_tokens
-  cfg = sampling.SamplingConfig(max_decode_length=t)
+  # EOS masked: every row decodes t tokens, in both frameworks.
+  cfg = sampling.SamplingConfig(max_decode_length=t, min_decode_length=t)
 
   @jax.jit
   def sample_fn(params, ref, inputs, rng):
     b = inputs.shape[0]
-    fn = mixture.geometric_mixture(scoring.tokens_to_logits_fn(model, params),
-                                   scoring.tokens_to_logits_fn(model, ref),
-                                   BETA)
-    cache = (scoring.init_decode_cache(model, params, inputs, t, repeats=2),
-             scoring.init_decode_cache(model, ref, inputs, t, repeats=2))
-    out = sampling.sample(sau._no_eos(fn), cache, rng, batch_size=2 * b,  # pylint: disable=protected-access
-                          cfg=cfg)
-    # The network's rows are prompt-major; y and y' are its two halves in the
-    # framework's order (as ipo_md.rollouts returns them).
-    tokens = scoring.framework_major(out.tokens, 2)
-    ref_seq = scoring.framework_major(
-        jnp.sum(out.aux_logps["ref"], axis=1), 2)  # Full length: no mask.
-    return dict(y=tokens[:b], yp=tokens[b:], ref_y=ref_seq[:b],
+    out = rollouts.sample_mixture(model, params, model, ref, inputs, rng, cfg,
+                                  beta=BETA, repeats=2)
+    ref_seq = jnp.sum(out.aux_logps["ref"], axis=1)  # Full length: no mask.
+    return dict(y=out.tokens[:b], yp=out.tokens[b:], ref_y=ref_seq[:b],
                 ref_yp=ref_seq[b:])
 
   @jax.jit
@@ -146,7 +138,7 @@ def jax_phases(model, pm: learned.PreferenceModel, shape: Shape, tx):
     return jnp.mean(loss_B)
 
   # Compiled with the Trainer's compiler options (partitioning.sharded_jit).
-  @functools.partial(partitioning.sharded_jit, mesh=sau.one_device_mesh(),
+  @functools.partial(partitioning.sharded_jit, mesh=sau.bench_mesh(),
                      donate_argnums=0)
   def update_fn(state, inputs, samples, label):
     params, opt_state = state

@@ -51,8 +51,8 @@ from ipo_md import host_memory
 from ipo_md import losses
 from ipo_md import optim
 from ipo_md import partitioning
+from ipo_md import rollouts
 from ipo_md.cli import runtime
-from ipo_md.decoding import mixture
 from ipo_md.decoding import sampling
 from ipo_md.model import config as config_lib
 from ipo_md.model import network
@@ -103,36 +103,19 @@ def _timed(fn: Callable[[], Any], repeats: int, sync) -> tuple[float, float]:
 # ----------------------------------------------------------------------------
 
 
-def _no_eos(fn: sampling.TokensToLogits) -> sampling.TokensToLogits:
-  """Masks EOS so that every row decodes to the maximum length."""
-  def tokens_to_logits(tokens_Bx1, cache):
-    logits, cache, aux = fn(tokens_Bx1, cache)
-    return logits.at[:, EOS].set(-1e9), cache, aux
-  return tokens_to_logits
-
-
 def _jax_sampler(model, shape: Shape, beta: float):
-  cfg = sampling.SamplingConfig(max_decode_length=shape.new_tokens)
+  """Two completions per prompt through ipo_md.rollouts, as the online
+  objectives sample; EOS is masked (min_decode_length), so every row decodes
+  `new_tokens` tokens."""
   t = shape.new_tokens
+  cfg = sampling.SamplingConfig(max_decode_length=t, min_decode_length=t)
 
-  @jax.jit
   def run(policy, ref, inputs, rng):
-    policy_fn = scoring.tokens_to_logits_fn(model, policy)
-    cache = scoring.init_decode_cache(model, policy, inputs, t, repeats=2)
-    if beta == 0.0:
-      fn = mixture.with_logps(policy_fn, "policy")
-    else:
-      fn = mixture.geometric_mixture(
-          policy_fn, scoring.tokens_to_logits_fn(model, ref), beta)
-      cache = (cache,
-               scoring.init_decode_cache(model, ref, inputs, t, repeats=2))
-    tokens = sampling.sample(_no_eos(fn), cache, rng,
-                             batch_size=2 * inputs.shape[0], cfg=cfg).tokens
-    # The network's rows are prompt-major: the framework's order, as
-    # ipo_md.rollouts returns it.
-    return scoring.framework_major(tokens, 2)
+    return rollouts.sample_mixture(model, policy, model, ref, inputs, rng,
+                                   cfg, beta=beta, repeats=2).tokens
 
-  return run
+  # Compiled as the Trainer compiles its steps, on the benchmark's mesh.
+  return partitioning.sharded_jit(run, bench_mesh())
 
 
 def _pair_loss(model, params, batch):
@@ -146,9 +129,21 @@ def _pair_loss(model, params, batch):
   return jnp.mean(loss_B)
 
 
-def one_device_mesh():
-  """The (1, 1) mesh of JAX's first device."""
-  return partitioning.make_mesh(devices=jax.devices()[:1])
+CPU_DEVICES = [1]  # --cpu_devices, for the memory children.
+
+
+def bench_mesh():
+  """The data-parallel mesh of all JAX devices: (1, 1) on one device; on a
+  CPU split into N devices (`--cpu_devices N`), (N, 1)."""
+  return partitioning.make_mesh(devices=jax.devices())
+
+
+def _on_mesh(tree, batch_rows: bool):
+  """`tree` on bench_mesh(): split by rows (batch), or replicated."""
+  mesh = bench_mesh()
+  sharding = (partitioning.batch_sharding(mesh) if batch_rows
+              else partitioning.replicated(mesh))
+  return jax.device_put(tree, sharding)
 
 
 def _jax_update(model, params, tx):
@@ -184,15 +179,17 @@ def _jax_update(model, params, tx):
 
     schedule = optim.make_schedule(base_learning_rate=LEARNING_RATE)
     # Compiled as the Trainer compiles its step (partitioning.sharded_jit),
-    # here on one device.
+    # on the benchmark's mesh (one device unless --cpu_devices).
     step = partitioning.sharded_jit(
         lambda state, batch: step_lib.train_step(
             state, batch, None, objective=_UpdateOnly(), tx=tx,
             schedule=schedule)[0],
-        one_device_mesh(), donate_argnums=0)
+        bench_mesh(), donate_argnums=0)
     # One buffer per leaf: create() may share one constant between fields
     # (the guard's counters), and a donated state must not.
-    state = jax.tree.map(jnp.copy, train_state.create(params, tx, seed=0))
+    state = _on_mesh(jax.tree.map(jnp.copy,
+                                  train_state.create(params, tx, seed=0)),
+                     batch_rows=False)
     return ("trainer.step.train_step (OnlinePairwise.loss, the guard "
             "included)", step, state)
   except (ImportError, AttributeError, TypeError) as e:
@@ -265,7 +262,8 @@ def bench_jax(shape: Shape, data, bf16: bool) -> dict[str, Any]:
   model = network.Transformer(cfg)
   init = jax.jit(lambda r: scoring.init_params(model, r))
   policy, ref = init(jax.random.key(0)), init(jax.random.key(1))
-  inputs = jnp.asarray(data["inputs"])
+  policy, ref = _on_mesh((policy, ref), batch_rows=False)
+  inputs = _on_mesh(jnp.asarray(data["inputs"]), batch_rows=True)
   out = {}
   for beta in (0.0, BETA):
     run = _jax_sampler(model, shape, beta)
@@ -281,7 +279,8 @@ def bench_jax(shape: Shape, data, bf16: bool) -> dict[str, Any]:
       raise AssertionError("the sampler did not decode to full length")
   tx = optim.adafactor_t5(LEARNING_RATE)
   how, step, state = _jax_update(model, policy, tx)
-  batch = {k: jnp.asarray(v) for k, v in data.items()}
+  batch = _on_mesh({k: jnp.asarray(v) for k, v in data.items()},
+                   batch_rows=True)
   holder = [state]
 
   def one_update():
@@ -330,8 +329,8 @@ def bench_torch(shape: Shape, data, bf16: bool) -> dict[str, Any] | None:
 
   @torch.inference_mode()
   def generate():
-    # min_new_tokens = max_new_tokens masks EOS, as _no_eos does for JAX;
-    # pad is suppressed, as ipo_md's sampler never samples it.
+    # min_new_tokens = max_new_tokens masks EOS, as min_decode_length does
+    # for JAX; pad is suppressed, as ipo_md's sampler never samples it.
     return policy.generate(
         input_ids=inputs, attention_mask=mask, do_sample=True, top_k=0,
         top_p=1.0, temperature=1.0, max_new_tokens=t, min_new_tokens=t,
@@ -389,7 +388,8 @@ def _update_child(framework: str, shape_name: str,
         jax.random.key(0))
     _, step, state = _jax_update(model, params,
                                  optim.adafactor_t5(LEARNING_RATE))
-    batch = {k: jnp.asarray(v) for k, v in data.items()}
+    batch = _on_mesh({k: jnp.asarray(v) for k, v in data.items()},
+                     batch_rows=True)
     del params
     # As the Trainer does before a stage's first step (the freed buffers
     # are kept since main's configure_cpu_runtime): compile, then give the
@@ -439,7 +439,8 @@ def peak_update_memory(shape: Shape, frameworks,
   for framework in frameworks:
     proc = subprocess.run(
         [sys.executable, __file__, "--_update-child", framework,
-         "--_shape", shape.name, "--_variant", variant],
+         "--_shape", shape.name, "--_variant", variant,
+         "--cpu_devices", str(CPU_DEVICES[0])],
         capture_output=True, text=True, check=False)
     lines = [l for l in proc.stdout.splitlines()
              if l.startswith("PEAK_RSS_BYTES")]
@@ -483,11 +484,20 @@ def main(argv=None):
   parser.add_argument("--no-memory", action="store_true",
                       help="skip the peak-memory rows (each framework runs "
                       "two updates in a child process)")
+  parser.add_argument("--cpu_devices", type=int, default=1,
+                      help="split the CPU into this many JAX devices and run "
+                      "ipo_md's sampler and update data-parallel over them "
+                      "(jax_num_cpu_devices; PyTorch keeps its threads)")
   parser.add_argument("--_torch-child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_update-child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_shape", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--_variant", default="float32", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.cpu_devices < 1:
+    parser.error(f"--cpu_devices={args.cpu_devices} must be >= 1.")
+  CPU_DEVICES[0] = args.cpu_devices
+  if args.cpu_devices > 1:  # Before JAX creates its CPU client.
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
   if args._torch_child:  # pylint: disable=protected-access
     # PyTorch's timings, in a process of its own (hf_loops.in_child).
     shape = {s.name: s for s in SHAPES}[args._torch_child]  # pylint: disable=protected-access
@@ -506,9 +516,10 @@ def main(argv=None):
   backend = jax.default_backend()
   n = args.matmul_size or (2048 if backend == "cpu" else 8192)
   peak = _matmul_flops_per_s(n)
-  print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind} "
-        f"({backend}); float32 {n}^3 matmul: {_fmt(peak, 'FLOP/s')}",
-        flush=True)
+  devices = len(jax.devices())
+  print(f"JAX {jax.__version__} on {devices} x {jax.devices()[0].device_kind} "
+        f"({backend}{'; ipo_md data-parallel over them' * (devices > 1)}); "
+        f"float32 {n}^3 matmul: {_fmt(peak, 'FLOP/s')}", flush=True)
   shapes = SHAPES[:1] if args.quick else SHAPES
   if args.repeats:
     shapes = [dataclasses.replace(s, repeats=args.repeats) for s in shapes]

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ipo_md import partitioning
 from ipo_md.decoding import mixture
 from ipo_md.decoding import sampling
 from ipo_md.model import network
@@ -33,26 +34,16 @@ def sample(net: network.Transformer, params, inputs_BxS: jax.Array,
   Rows are ordered [all prompts] * repeats; `aux_logps["policy"]` holds each
   sampled token's log-prob under the policy (0 after EOS).
   """
-  t = cfg.max_decode_length
-  cache = scoring.init_decode_cache(net, params, inputs_BxS, t,
-                                    repeats=repeats)
-  fn = mixture.with_logps(scoring.tokens_to_logits_fn(net, params),
-                          POLICY_LOGPS)
-  return _sample_rows(fn, cache, rng, inputs_BxS.shape[0], repeats, cfg)
 
+  def build(params, inputs, row_beta):
+    del row_beta
+    cache = scoring.init_decode_cache(net, params, inputs,
+                                      cfg.max_decode_length, repeats=repeats)
+    fn = mixture.with_logps(scoring.tokens_to_logits_fn(net, params),
+                            POLICY_LOGPS)
+    return fn, cache
 
-def _sample_rows(fn, cache, rng, batch: int, repeats: int,
-                 cfg: sampling.SamplingConfig) -> sampling.Samples:
-  """Samples the network's prompt-major rows (`scoring.prompt_major`), each
-  with the random numbers of its row in the framework's order, and returns
-  them in the framework's order, under stop-gradient."""
-  n = repeats * batch
-  order = scoring.prompt_major(jnp.arange(n), repeats)
-  out = sampling.sample(fn, cache, rng, batch_size=n, cfg=cfg,
-                        draw_order=None if repeats == 1 else order)
-  out = jax.tree_util.tree_map(
-      lambda x: scoring.framework_major(x, repeats), out)
-  return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
+  return _sample_rows(build, params, inputs_BxS, rng, cfg, repeats)
 
 
 def sample_mixture(policy_net: network.Transformer, policy_params,
@@ -72,19 +63,92 @@ def sample_mixture(policy_net: network.Transformer, policy_params,
   if isinstance(beta, (int, float)) and float(beta) == 0.0:
     return sample(policy_net, policy_params, inputs_BxS, rng, cfg,
                   repeats=repeats)
-  t = cfg.max_decode_length
-  policy_cache = scoring.init_decode_cache(policy_net, policy_params,
-                                           inputs_BxS, t, repeats=repeats)
-  ref_cache = scoring.init_decode_cache(ref_net, ref_params, inputs_BxS, t,
-                                        repeats=repeats)
+  mixture.check_beta(beta)
   n = repeats * inputs_BxS.shape[0]
-  if not isinstance(beta, (int, float)) and jnp.shape(beta) == (n,):
-    beta = scoring.prompt_major(jnp.asarray(beta), repeats)  # Row weights.
-  fn = mixture.geometric_mixture(
-      scoring.tokens_to_logits_fn(policy_net, policy_params),
-      scoring.tokens_to_logits_fn(ref_net, ref_params), beta)
-  return _sample_rows(fn, (policy_cache, ref_cache), rng,
-                      inputs_BxS.shape[0], repeats, cfg)
+  row_beta = None
+  if not isinstance(beta, (int, float)):
+    row_beta = jnp.asarray(beta)
+    if row_beta.shape != (n,):
+      raise ValueError(
+          f"mixture beta has {row_beta.shape[0]} rows but the batch has {n} "
+          f"({repeats} completions of {inputs_BxS.shape[0]} prompts).")
+
+  def build(params, inputs, row_beta):
+    policy_params, ref_params = params
+    t = cfg.max_decode_length
+    cache = (scoring.init_decode_cache(policy_net, policy_params, inputs, t,
+                                       repeats=repeats),
+             scoring.init_decode_cache(ref_net, ref_params, inputs, t,
+                                       repeats=repeats))
+    fn = mixture.geometric_mixture(
+        scoring.tokens_to_logits_fn(policy_net, policy_params),
+        scoring.tokens_to_logits_fn(ref_net, ref_params),
+        beta if row_beta is None else row_beta)
+    return fn, cache
+
+  return _sample_rows(build, (policy_params, ref_params), inputs_BxS, rng,
+                      cfg, repeats, row_beta)
+
+
+def _data_parallel_mesh(batch: int):
+  """The mesh being traced under (`partitioning.activation_sharding`) when
+  it splits only the batch (every other axis of size 1) into blocks of whole
+  prompts; else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return None
+  shape = dict(mesh.shape)
+  data = shape.pop(partitioning.DATA, 1)
+  if data <= 1 or batch % data or any(size > 1 for size in shape.values()):
+    return None
+  return mesh
+
+
+def _sample_rows(build, params, inputs_BxS: jax.Array, rng: jax.Array,
+                 cfg: sampling.SamplingConfig, repeats: int,
+                 row_beta: jax.Array | None = None) -> sampling.Samples:
+  """Samples `repeats` completions of every prompt in the network's
+  prompt-major rows (`scoring.prompt_major`), each with the random numbers
+  of its row in the framework's order, and returns them in the framework's
+  order, under stop-gradient.
+
+  `build(params, inputs, row_beta)` returns the sampler's tokens-to-logits
+  function and cache for some prompts (row_beta: their rows' mixture weights
+  or None). On a mesh that only splits the batch, each device samples its
+  own prompts (`jax.shard_map`): the decoding loop then exchanges nothing
+  between devices, and each device stops when its own rows have ended,
+  instead of the devices agreeing at every step whether all rows have. The
+  samples are the same either way: every device draws the random numbers of
+  the whole batch at each step and takes its rows' (a few floats per row).
+  """
+  b = inputs_BxS.shape[0]
+  n = repeats * b
+  order = scoring.prompt_major(jnp.arange(n, dtype=jnp.int32), repeats)
+  if row_beta is not None:
+    row_beta = scoring.prompt_major(row_beta, repeats)
+
+  mesh = _data_parallel_mesh(b)
+  in_order = mesh is None and repeats == 1  # Row k draws number k.
+
+  def draw(params, rng, inputs, order, *row_beta):
+    fn, cache = build(params, inputs, row_beta[0] if row_beta else None)
+    return sampling.sample(fn, cache, rng, batch_size=order.shape[0],
+                           cfg=cfg, draw_order=None if in_order else order,
+                           num_draws=n)
+
+  args = (params, rng, inputs_BxS, order) + (
+      () if row_beta is None else (row_beta,))
+  if mesh is None:
+    out = draw(*args)
+  else:
+    rows = jax.sharding.PartitionSpec(partitioning.DATA)
+    whole = jax.sharding.PartitionSpec()
+    out = jax.shard_map(draw, mesh=mesh,
+                        in_specs=(whole, whole) + (rows,) * (len(args) - 2),
+                        out_specs=rows, check_vma=False)(*args)
+  out = jax.tree_util.tree_map(
+      lambda x: scoring.framework_major(x, repeats), out)
+  return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
 
 
 def row_betas(beta: float, batch: int, *, policy_repeats: int,

@@ -341,6 +341,20 @@ class LoopTest(absltest.TestCase):
     self.assertLen(calls, 4)
     self.assertTrue(np.all(np.asarray(out.tokens) > EOS))
 
+  def test_min_decode_length_masks_eos_before_it(self):
+    # Rows 0 and 1 would end at steps 0 and 1, before the minimum of 2, so
+    # they never end (their EOS is impossible later); row 2 ends at step 2.
+    cfg = sampling.SamplingConfig(max_decode_length=6, min_decode_length=2)
+    out = sampling.sample(self._staircase([]), jnp.int32(0),
+                          jax.random.key(0), batch_size=3, cfg=cfg)
+    tokens = np.asarray(out.tokens)
+    self.assertTrue(np.all(tokens[:2] > EOS), tokens)
+    self.assertTrue(np.all(tokens[2, :2] > EOS), tokens)
+    self.assertEqual(tokens[2, 2], EOS)
+    np.testing.assert_array_equal(tokens[2, 3:], PAD)
+    with self.assertRaisesRegex(ValueError, "min_decode_length=7"):
+      sampling.SamplingConfig(max_decode_length=6, min_decode_length=7)
+
   def test_aux_logps_are_the_fakes_at_sampled_tokens(self):
     beta = 0.3
     t2l = mixture.geometric_mixture(fake(POLICY), fake(REF), beta)

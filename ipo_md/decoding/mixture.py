@@ -18,6 +18,31 @@ import numpy as np
 from ipo_md.decoding import sampling
 
 
+def check_beta(beta: float | jax.typing.ArrayLike) -> jax.Array | None:
+  """Raises ValueError unless `beta` is a float in [0, 1] or a float array
+  [batch] (values checked when concrete). Returns the array, or None for a
+  float."""
+  if isinstance(beta, (int, float)):
+    if not 0.0 <= beta <= 1.0:
+      raise ValueError(f"mixture beta={beta} must be in [0, 1] (weight on "
+                       "the reference).")
+    return None
+  beta_B = jnp.asarray(beta)
+  if beta_B.ndim != 1 or not jnp.issubdtype(beta_B.dtype, jnp.floating):
+    raise ValueError(
+        f"mixture beta must be a float or a float array [batch]; got "
+        f"{beta_B.dtype}{list(beta_B.shape)}.")
+  try:
+    concrete = np.asarray(beta_B)
+  except jax.errors.TracerArrayConversionError:
+    concrete = None  # Traced: the caller's jit boundary checks it.
+  if concrete is not None and not np.all((concrete >= 0.0)
+                                         & (concrete <= 1.0)):
+    raise ValueError(f"mixture beta={concrete} must be in [0, 1] (weight "
+                     "on the reference) in every row.")
+  return beta_B
+
+
 def geometric_mixture(policy: sampling.TokensToLogits,
                       reference: sampling.TokensToLogits,
                       beta: float | jax.typing.ArrayLike
@@ -41,25 +66,7 @@ def geometric_mixture(policy: sampling.TokensToLogits,
   Returns:
     A TokensToLogits whose logits are the mixture's log-probs [batch, V].
   """
-  beta_B = None
-  if isinstance(beta, (int, float)):
-    if not 0.0 <= beta <= 1.0:
-      raise ValueError(f"mixture beta={beta} must be in [0, 1] (weight on "
-                       "the reference).")
-  else:
-    beta_B = jnp.asarray(beta)
-    if beta_B.ndim != 1 or not jnp.issubdtype(beta_B.dtype, jnp.floating):
-      raise ValueError(
-          f"mixture beta must be a float or a float array [batch]; got "
-          f"{beta_B.dtype}{list(beta_B.shape)}.")
-    try:
-      concrete = np.asarray(beta_B)
-    except jax.errors.TracerArrayConversionError:
-      concrete = None  # Traced: the caller's jit boundary checks it.
-    if concrete is not None and not np.all((concrete >= 0.0)
-                                           & (concrete <= 1.0)):
-      raise ValueError(f"mixture beta={concrete} must be in [0, 1] (weight "
-                       "on the reference) in every row.")
+  beta_B = check_beta(beta)
 
   def tokens_to_logits(tokens_Bx1, cache):
     policy_cache, ref_cache = cache

@@ -34,6 +34,10 @@ class SamplingConfig:
     top_k: keep the k most likely tokens (0 = all).
     top_p: nucleus sampling mass in (0, 1] (1.0 = all).
     eos_id / pad_id / start_id: special ids (T5: 1 / 0 / 0).
+    min_decode_length: EOS cannot be drawn before this many tokens (as
+      transformers' `min_new_tokens`; the models' log-probs that the sampler
+      records are not changed). 0 (default): no minimum. The benchmarks set
+      it to max_decode_length so that every row decodes in full.
   """
 
   max_decode_length: int
@@ -43,11 +47,16 @@ class SamplingConfig:
   eos_id: int = 1
   pad_id: int = 0
   start_id: int = 0
+  min_decode_length: int = 0
 
   def __post_init__(self):
     if self.max_decode_length <= 0:
       raise ValueError(
           f"max_decode_length={self.max_decode_length} must be > 0.")
+    if not 0 <= self.min_decode_length <= self.max_decode_length:
+      raise ValueError(
+          f"min_decode_length={self.min_decode_length} must be in [0, "
+          f"max_decode_length={self.max_decode_length}].")
     if self.temperature <= 0:
       raise ValueError(
           f"temperature={self.temperature} must be > 0; for greedy decoding "
@@ -118,7 +127,8 @@ def _cumsum(x_NxK: jax.Array) -> jax.Array:
 
 
 def categorical(rng: jax.Array, logits_BxV: jax.Array,
-                draw_order: jax.Array | None = None) -> jax.Array:
+                draw_order: jax.Array | None = None,
+                num_draws: int | None = None) -> jax.Array:
   """One token per row from softmax(logits): exact inverse-CDF sampling.
 
   `jax.random.categorical` (Gumbel-max) draws a random number, takes two
@@ -133,7 +143,9 @@ def categorical(rng: jax.Array, logits_BxV: jax.Array,
     rng: a PRNG key.
     logits_BxV: float32 logits [B, V].
     draw_order: optional int [B]: row k takes uniform number draw_order[k]
-      of the B drawn from `rng` (rows in another order draw the same tokens).
+      of the `num_draws` (default B) drawn from `rng` (rows in another order,
+      or a device's block of a larger batch, draw the same tokens).
+    num_draws: how many uniform numbers to draw (with `draw_order`).
 
   Returns:
     int32 tokens [B].
@@ -145,7 +157,7 @@ def categorical(rng: jax.Array, logits_BxV: jax.Array,
   p_BxNxK = jnp.pad(p, ((0, 0), (0, nb * _BLOCK - v))).reshape(b, nb, _BLOCK)
   mass_BxN = jnp.sum(p_BxNxK, axis=-1)
   cdf_BxN = _cumsum(mass_BxN)
-  u_B = jax.random.uniform(rng, (b,))
+  u_B = jax.random.uniform(rng, (num_draws or b,))
   if draw_order is not None:
     u_B = u_B[draw_order]
   target_B = u_B * cdf_BxN[:, -1]
@@ -161,12 +173,15 @@ def categorical(rng: jax.Array, logits_BxV: jax.Array,
 
 def sample(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
            batch_size: int, cfg: SamplingConfig,
-           draw_order: jax.Array | None = None) -> Samples:
+           draw_order: jax.Array | None = None,
+           num_draws: int | None = None) -> Samples:
   """Samples [batch_size, cfg.max_decode_length] tokens (see module doc).
 
   `draw_order` ([batch_size] ints, optional): row k takes the random number
-  of row draw_order[k] at every step (`categorical`), so a batch whose rows
-  are a permutation of another's draws the same tokens for the same rows.
+  of row draw_order[k] of a batch of `num_draws` rows (default batch_size)
+  at every step (`categorical`), so a batch whose rows are a permutation of
+  another's, or one device's block of it, draws the same tokens for the
+  same rows.
   """
   t_max = cfg.max_decode_length
   _, _, aux0 = jax.eval_shape(
@@ -185,8 +200,12 @@ def sample(tokens_to_logits: TokensToLogits, cache: Any, rng: jax.Array, *,
 
   def body(s):
     logits, cache, aux = tokens_to_logits(s["prev"], s["cache"])
+    if cfg.min_decode_length:
+      logits = logits.at[:, cfg.eos_id].set(jnp.where(
+          s["i"] < cfg.min_decode_length, _NEG_INF, logits[:, cfg.eos_id]))
     step_rng = jax.random.fold_in(rng, s["i"])
-    token = categorical(step_rng, filter_logits(logits, cfg), draw_order)
+    token = categorical(step_rng, filter_logits(logits, cfg), draw_order,
+                        num_draws)
     token = jnp.where(s["done"], cfg.pad_id, token).astype(jnp.int32)
     record = {
         k: jnp.where(s["done"], 0.0,

@@ -21,7 +21,10 @@ _NEG_INF = -1e10
 
 
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
-  """Sharding constraint in logical names (a no-op outside a mesh context)."""
+  """Sharding constraint in logical names (a no-op outside a mesh context,
+  and inside `jax.shard_map`, where each device holds its own block)."""
+  if jax.sharding.get_abstract_mesh().manual_axes:
+    return x
   return nn.with_logical_constraint(x, names)
 
 

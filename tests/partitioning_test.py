@@ -260,6 +260,31 @@ class DataParallelRowsTest(absltest.TestCase):
       np.testing.assert_allclose(out.aux_logps[name], one.aux_logps[name],
                                  rtol=1e-5, atol=1e-5)
 
+  def test_one_mixture_weight_per_row_follows_its_row(self):
+    # Nash-MD-PG's call: y from the policy (beta = 0), y' from the mixture,
+    # one weight per row, split over the devices with the rows.
+    from ipo_md import rollouts  # pylint: disable=g-import-not-at-top
+    from ipo_md.decoding import sampling  # pylint: disable=g-import-not-at-top
+    cfg = sampling.SamplingConfig(max_decode_length=T)
+    policy = _initial()[0]
+    ref = scoring.init_params(MODEL, jax.random.key(1))
+    inputs, rng = _batch()["inputs"], jax.random.key(3)
+
+    def run(policy, ref, inputs, rng):
+      return rollouts.sample_policy_and_mixture(
+          MODEL, policy, MODEL, ref, inputs, rng, cfg, beta=0.5)
+
+    out = {}
+    for mesh in (self.mesh, _mesh(1, 1)):
+      whole = partitioning.replicated(mesh)
+      out[mesh.size] = partitioning.sharded_jit(
+          run, mesh, in_shardings=(whole, whole,
+                                   partitioning.batch_sharding(mesh), whole),
+      )(policy, ref, inputs, rng)
+    np.testing.assert_array_equal(out[4].tokens, out[1].tokens)
+    np.testing.assert_allclose(out[4].aux_logps["ref"],
+                               out[1].aux_logps["ref"], rtol=1e-5, atol=1e-5)
+
   def test_update_moves_no_activations_between_devices(self):
     step = _compiled_step(self.mesh)[0]
     params, opt_state = _initial()

@@ -14,6 +14,15 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# What the tests and the processes they start put in the temporary folder
+# (the CLI's traceback files of the bad-input tests, TensorFlow's autograph
+# modules, tfds' temporary folders) goes into one folder per process, removed
+# at its exit; before, every run of the suite left hundreds of files in /tmp.
+_TMP_DIR = tempfile.mkdtemp(prefix="ipo_md_tests_")
+atexit.register(shutil.rmtree, _TMP_DIR, ignore_errors=True)
+os.environ["TMPDIR"] = _TMP_DIR
+tempfile.tempdir = _TMP_DIR
+
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")

@@ -63,6 +63,8 @@ def sample_mixture(policy_net: network.Transformer, policy_params,
   if isinstance(beta, (int, float)) and float(beta) == 0.0:
     return sample(policy_net, policy_params, inputs_BxS, rng, cfg,
                   repeats=repeats)
+  # Checked here, on the whole batch: a device's rows are traced inside
+  # shard_map, where the mixture cannot read their values.
   mixture.check_beta(beta)
   n = repeats * inputs_BxS.shape[0]
   row_beta = None

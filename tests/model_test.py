@@ -39,6 +39,7 @@ from ipo_md.model import layers
 from ipo_md.model import network
 from ipo_md.model import output_logprobs
 from ipo_md.model import scoring
+from tests import hlo_text
 
 V, S, T = 64, 7, 5  # vocabulary, input length, target length (S != T).
 TINY = config_lib.T5Config(
@@ -171,21 +172,6 @@ def _mixture_sample(model, policy, ref, rng, *, inputs):
                          cfg=sampling.SamplingConfig(max_decode_length=T))
 
 
-def _while_body(hlo_text: str) -> list[str]:
-  """Instructions of the compiled program's largest while-loop body."""
-  loops = [l for l in hlo_text.splitlines() if re.search(r"\) while\(", l)]
-  body = re.search(r"body=(%[\w.\-]+)", max(loops, key=len)).group(1)
-  lines, inside = [], False
-  for line in hlo_text.splitlines():
-    if line.startswith(body + " ") and line.rstrip().endswith("{"):
-      inside = True
-    elif inside and line.strip() == "}":
-      break
-    elif inside:
-      lines.append(line.strip())
-  return lines
-
-
 class DecodeLoopProgramTest(parameterized.TestCase):
 
   @parameterized.parameters("float32", "bfloat16")
@@ -222,7 +208,7 @@ class DecodeLoopProgramTest(parameterized.TestCase):
     self.assertEqual({x.dtype.name for x in buffers if x.shape[0] == 3},
                      {dtype})
     sizes = {math.prod(x.shape) for x in buffers}
-    body = _while_body(jax.jit(run).lower(
+    body = hlo_text.largest_while_loop(jax.jit(run).lower(
         params, jax.random.key(0)).compile().as_text())
     writes = []
     for line in body:

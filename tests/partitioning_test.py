@@ -34,9 +34,12 @@ from jax.sharding import PartitionSpec as P
 from ipo_md import losses
 from ipo_md import optim
 from ipo_md import partitioning
+from ipo_md import rollouts
+from ipo_md.decoding import sampling
 from ipo_md.model import config as config_lib
 from ipo_md.model import network
 from ipo_md.model import scoring
+from tests import hlo_text
 
 # Heads, MLP width and vocabulary divide the model axis (4); widths >= 16
 # are factored by Adafactor here (T5X factors from 128).
@@ -191,18 +194,6 @@ class ShardingTest(absltest.TestCase):
         - params["decoder"]["logits_dense"]["kernel"]).max()), 1e-4)
 
 
-def _decoding_loop(hlo_text: str) -> str:
-  """The text of the compiled program's largest while loop: its condition
-  and its body."""
-  loops = [l for l in hlo_text.splitlines() if re.search(r"\) while\(", l)]
-  parts = []
-  for part in ("condition", "body"):
-    name = re.search(rf"{part}=(%[\w.\-]+)", max(loops, key=len)).group(1)
-    start = re.search(rf"^{re.escape(name)} .*\{{$", hlo_text, re.M).end()
-    parts.append(hlo_text[start:hlo_text.index("\n}", start)])
-  return "\n".join(parts)
-
-
 _COLLECTIVES = ("all-to-all", "all-gather", "collective-permute",
                 "all-reduce", "reduce-scatter")
 
@@ -231,27 +222,36 @@ class DataParallelRowsTest(absltest.TestCase):
       raise absltest.SkipTest("needs the fake CPU devices of conftest")
     cls.mesh = _mesh(4, 1)
 
+  def _models(self):
+    """(policy, ref, prompts) of the tests' tiny model."""
+    return (_initial()[0], scoring.init_params(MODEL, jax.random.key(1)),
+            _batch()["inputs"])
+
+  def _on_mesh(self, sample, mesh):
+    """`sample(policy, ref, inputs, rng)` compiled on `mesh`, the prompts
+    split by rows and everything else whole, as the Trainer places them."""
+    whole = partitioning.replicated(mesh)
+    return partitioning.sharded_jit(
+        sample, mesh,
+        in_shardings=(whole, whole, partitioning.batch_sharding(mesh), whole))
+
   def _sampler(self, mesh):
-    from ipo_md import rollouts  # pylint: disable=g-import-not-at-top
-    from ipo_md.decoding import sampling  # pylint: disable=g-import-not-at-top
     cfg = sampling.SamplingConfig(max_decode_length=T)
 
     def run(policy, ref, inputs, rng):
       return rollouts.sample_mixture(MODEL, policy, MODEL, ref, inputs, rng,
                                      cfg, beta=0.25, repeats=2)
 
-    return partitioning.sharded_jit(
-        run, mesh, in_shardings=(partitioning.replicated(mesh),) * 2
-        + (partitioning.batch_sharding(mesh), partitioning.replicated(mesh)))
+    return self._on_mesh(run, mesh)
 
   def test_decoding_steps_exchange_nothing_between_devices(self):
-    policy = _initial()[0]
-    ref = scoring.init_params(MODEL, jax.random.key(1))
-    inputs, rng = _batch()["inputs"], jax.random.key(2)
+    policy, ref, inputs = self._models()
+    rng = jax.random.key(2)
     sampler = self._sampler(self.mesh)
     compiled = sampler.lower(policy, ref, inputs, rng).compile().as_text()
     # Each device decodes its own rows, and stops when they have ended.
-    self.assertEqual(_collectives(_decoding_loop(compiled)), {})
+    self.assertEqual(_collectives("\n".join(hlo_text.largest_while_loop(
+        compiled, with_condition=True))), {})
     self.assertIn(f"s32[{2 * B // 4},{T}]", compiled)  # Rows really split.
     out = sampler(policy, ref, inputs, rng)
     one = self._sampler(_mesh(1, 1))(policy, ref, inputs, rng)
@@ -263,24 +263,16 @@ class DataParallelRowsTest(absltest.TestCase):
   def test_one_mixture_weight_per_row_follows_its_row(self):
     # Nash-MD-PG's call: y from the policy (beta = 0), y' from the mixture,
     # one weight per row, split over the devices with the rows.
-    from ipo_md import rollouts  # pylint: disable=g-import-not-at-top
-    from ipo_md.decoding import sampling  # pylint: disable=g-import-not-at-top
     cfg = sampling.SamplingConfig(max_decode_length=T)
-    policy = _initial()[0]
-    ref = scoring.init_params(MODEL, jax.random.key(1))
-    inputs, rng = _batch()["inputs"], jax.random.key(3)
+    policy, ref, inputs = self._models()
+    rng = jax.random.key(3)
 
     def run(policy, ref, inputs, rng):
       return rollouts.sample_policy_and_mixture(
           MODEL, policy, MODEL, ref, inputs, rng, cfg, beta=0.5)
 
-    out = {}
-    for mesh in (self.mesh, _mesh(1, 1)):
-      whole = partitioning.replicated(mesh)
-      out[mesh.size] = partitioning.sharded_jit(
-          run, mesh, in_shardings=(whole, whole,
-                                   partitioning.batch_sharding(mesh), whole),
-      )(policy, ref, inputs, rng)
+    out = {mesh.size: self._on_mesh(run, mesh)(policy, ref, inputs, rng)
+           for mesh in (self.mesh, _mesh(1, 1))}
     np.testing.assert_array_equal(out[4].tokens, out[1].tokens)
     np.testing.assert_allclose(out[4].aux_logps["ref"],
                                out[1].aux_logps["ref"], rtol=1e-5, atol=1e-5)

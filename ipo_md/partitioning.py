@@ -167,7 +167,10 @@ def sharded_jit(fn: Callable, mesh: Mesh, *, in_shardings=_UNSET,
     rules: the logical -> mesh axis rules (default LOGICAL_RULES).
 
   Returns:
-    The jitted function; `.lower(...)` and `.trace(...)` work as usual.
+    The jitted function; `.lower(...)` and `.trace(...)` work as usual. On a
+    mesh of several devices, with in_shardings left out, arguments that are
+    not committed to devices (numpy arrays, arrays on JAX's default device)
+    are replicated on the mesh first (`_OnMesh`).
   """
 
   @functools.wraps(fn)
@@ -183,9 +186,59 @@ def sharded_jit(fn: Callable, mesh: Mesh, *, in_shardings=_UNSET,
   given = {k: v for k, v in (("in_shardings", in_shardings),
                               ("out_shardings", out_shardings))
            if v is not _UNSET}
-  return jax.jit(traced, donate_argnums=donate_argnums,
-                 static_argnums=static_argnums,
-                 compiler_options=compiler_options(mesh) or None, **given)
+  jitted = jax.jit(traced, donate_argnums=donate_argnums,
+                   static_argnums=static_argnums,
+                   compiler_options=compiler_options(mesh) or None, **given)
+  if mesh.size == 1 or in_shardings is not _UNSET:
+    return jitted
+  return _OnMesh(jitted, mesh, static_argnums)
+
+
+class _OnMesh:
+  """A jitted function on a multi-device mesh whose uncommitted arguments
+  (arrays on JAX's default device, numpy arrays) are first replicated on
+  the mesh; committed arguments go as they are.
+
+  With every argument uncommitted, jax.jit would compile for the default
+  device alone, and a `jax.shard_map` over the mesh inside the function
+  (rollouts' data-parallel sampler) then failed in XLA:CPU with "No
+  registered implementation for ... xla.sdy.GlobalToLocalShape". `lower`
+  and `trace` place their arguments the same way; every other attribute is
+  the jitted function's.
+  """
+
+  def __init__(self, jitted, mesh: Mesh, static_argnums):
+    self._jitted = jitted
+    self._replicated = replicated(mesh)
+    self._static = {static_argnums} if isinstance(static_argnums, int) else (
+        set(static_argnums))
+    functools.update_wrapper(self, jitted)
+
+  def _leaf(self, x):
+    if isinstance(x, np.ndarray) or (isinstance(x, jax.Array)
+                                     and not x.committed):
+      return jax.device_put(x, self._replicated)
+    return x
+
+  def _place(self, args, kwargs):
+    args = tuple(a if i in self._static else jax.tree.map(self._leaf, a)
+                 for i, a in enumerate(args))
+    return args, jax.tree.map(self._leaf, kwargs)
+
+  def __call__(self, *args, **kwargs):
+    args, kwargs = self._place(args, kwargs)
+    return self._jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    args, kwargs = self._place(args, kwargs)
+    return self._jitted.lower(*args, **kwargs)
+
+  def trace(self, *args, **kwargs):
+    args, kwargs = self._place(args, kwargs)
+    return self._jitted.trace(*args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._jitted, name)
 
 
 # XLA:CPU's default scheduler runs independent ops early, so a step holds

@@ -277,6 +277,29 @@ class DataParallelRowsTest(absltest.TestCase):
     np.testing.assert_allclose(out[4].aux_logps["ref"],
                                out[1].aux_logps["ref"], rtol=1e-5, atol=1e-5)
 
+  def test_arguments_left_on_the_default_device_are_placed_on_the_mesh(self):
+    # Uncommitted arguments (here: fresh arrays, numpy prompts) once made
+    # jax.jit compile for the default device alone, and the sampler's
+    # shard_map over the mesh inside then failed in XLA:CPU ("No registered
+    # implementation for ... xla.sdy.GlobalToLocalShape").
+    policy, ref, inputs = self._models()
+    rng = jax.random.key(4)
+    self.assertIsInstance(inputs, np.ndarray)
+    for leaf in jax.tree.leaves((policy, ref)):
+      self.assertFalse(leaf.committed)
+    cfg = sampling.SamplingConfig(max_decode_length=T)
+
+    def run(policy, ref, inputs, rng):
+      return rollouts.sample_mixture(MODEL, policy, MODEL, ref, inputs, rng,
+                                     cfg, beta=0.25, repeats=2).tokens
+
+    placed = self._sampler(self.mesh)(policy, ref, inputs, rng).tokens
+    plain = partitioning.sharded_jit(run, self.mesh)
+    np.testing.assert_array_equal(
+        plain(policy, ref, inputs, rng), placed)
+    self.assertIn(f"s32[{2 * B // 4},{T}]",  # Still split by rows.
+                  plain.lower(policy, ref, inputs, rng).compile().as_text())
+
   def test_update_moves_no_activations_between_devices(self):
     step = _compiled_step(self.mesh)[0]
     params, opt_state = _initial()

@@ -31,6 +31,15 @@ device, then prints per program
     which is what XLA's own dot kernels need at these shapes, before
     anything else the program does (norms, softmax, sampling, the optimizer).
 
+  * PyTorch alone: the same sum with PyTorch's kernels (each product as a
+    `torch.einsum` of the same shapes and dtype, timed alone in a child
+    process, as the other benchmarks time PyTorch; bf16 products return
+    bf16 there). Left out without torch, or with --no_torch.
+
+Both "alone" columns repeat one product on the same operands, so weights that
+fit in the caches stay there, unlike in a decoding step that reads a new
+layer's weights for each product.
+
 Compare these with the benchmark's times from a run on the same machine:
 a target faster than "dots alone" needs faster dot kernels than the
 installed XLA has for these shapes, and one faster than "at peak" cannot be
@@ -46,6 +55,7 @@ Run it with nothing else on the machine, as for any benchmark.
 
 import argparse
 import collections
+import json
 import os
 import statistics
 import sys
@@ -57,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hf_loops  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sampler_and_update as su  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from ipo_md import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -157,6 +168,53 @@ def floor(counts: collections.Counter, rate: float) -> dict[str, float]:
           "gflop": flops / 1e9, "peak_s": flops / rate, "alone_s": alone}
 
 
+def einsum_spec(key) -> str:
+  """The `torch.einsum` subscripts of a dot_general `key` (output: batch,
+  then the lhs's free axes, then the rhs's, as dot_general orders them)."""
+  a_shape, _, b_shape, _, ((a_c, b_c), (a_b, b_b)), _ = key
+  letters = iter("abcdefghijklmnopqrstuvwxyz")
+  a = [next(letters) for _ in a_shape]
+  b = [next(letters) for _ in b_shape]
+  for i, j in zip(tuple(a_c) + tuple(a_b), tuple(b_c) + tuple(b_b)):
+    b[j] = a[i]
+  out = ([a[i] for i in a_b]
+         + [a[i] for i in range(len(a)) if i not in tuple(a_c) + tuple(a_b)]
+         + [b[j] for j in range(len(b)) if j not in tuple(b_c) + tuple(b_b)])
+  return f"{''.join(a)},{''.join(b)}->{''.join(out)}"
+
+
+def torch_seconds(keys: list, repeats: int = 5) -> list[float] | None:
+  """Each product's time alone in PyTorch (a child process), or None."""
+  specs = [[list(k[0]), k[1], list(k[2]), k[3], einsum_spec(k),
+            dot_flops(k)] for k in keys]
+  out = hf_loops.in_child(os.path.abspath(__file__),
+                          ["--torch_child", json.dumps(specs),
+                           "--repeats", str(repeats)])
+  return None if out is None else out["seconds"]
+
+
+def _torch_child(specs: list, repeats: int) -> None:
+  mods = hf_loops.import_torch()
+  if mods is None:
+    hf_loops.print_result(None)
+    return
+  torch = mods[0]
+  seconds = []
+  for a_shape, a_dtype, b_shape, b_dtype, spec, flops in specs:
+    a = torch.full(a_shape, 0.5, dtype=getattr(torch, a_dtype))
+    b = torch.full(b_shape, 0.5, dtype=getattr(torch, b_dtype))
+    inner = int(np.clip(5e9 / max(flops, 1.0), 3, 40))
+    torch.einsum(spec, a, b)
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      for _ in range(inner):
+        torch.einsum(spec, a, b)
+      times.append((time.perf_counter() - t0) / inner)
+    seconds.append(statistics.median(times))
+  hf_loops.print_result({"seconds": seconds})
+
+
 def programs(shape: su.Shape, dtype: str):
   """(name, counts) of the update and both samplers at `shape`, `dtype`."""
   cfg = config_lib.t5_1_1(shape.size, vocab_size=shape.vocab_size,
@@ -186,7 +244,15 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="tiny shape only")
+  parser.add_argument("--no_torch", action="store_true",
+                      help="leave out the PyTorch column")
+  parser.add_argument("--torch_child", help=argparse.SUPPRESS)
+  parser.add_argument("--repeats", type=int, default=5,
+                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.torch_child:
+    _torch_child(json.loads(args.torch_child), args.repeats)
+    return
   shapes = su.SHAPES[:1] if args.quick else su.SHAPES
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, "
         f"{os.cpu_count()} CPUs")
@@ -194,16 +260,23 @@ def main(argv=None) -> None:
   print("square matmul (2048^3, float32 accumulation): " + ", ".join(
       f"{d} {r / 1e9:,.0f} GFLOP/s" for d, r in rates.items()))
   print("\n| shape | program | dtype | dots | GFLOP | at peak (ms) "
-        "| dots alone (ms) | dots alone (GFLOP/s) |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        "| dots alone (ms) | dots alone (GFLOP/s) | PyTorch alone (ms) |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for shape in shapes:
     for dtype in DTYPES:
       for name, counts in programs(shape, dtype):
         f = floor(counts, rates[dtype])
+        in_torch = "-"
+        if not args.no_torch:
+          keys = list(counts)
+          seconds = torch_seconds(keys)
+          if seconds is not None:
+            in_torch = _ms(sum(counts[k] * t for k, t in zip(keys, seconds)))
         print(f"| {shape.name} | {name} | {dtype} | {f['dots']:,} "
               f"| {f['gflop']:,.2f} | {_ms(f['peak_s'])} "
               f"| {_ms(f['alone_s'])} "
-              f"| {f['gflop'] / max(f['alone_s'], 1e-12):,.0f} |", flush=True)
+              f"| {f['gflop'] / max(f['alone_s'], 1e-12):,.0f} "
+              f"| {in_torch} |", flush=True)
   print("\nsampling: one call, every prompt's two completions decoded to "
         "full length, as sampler_and_update.py times it.")
 

@@ -20,6 +20,8 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import dot_floor  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -73,3 +75,40 @@ def test_dot_flops_by_hand():
   key = ((3, 4, 5), "float32", (4, 5, 6), "float32",
          (((1, 2), (0, 1)), ((), ())), None)
   assert dot_floor.dot_flops(key) == 2 * 3 * 6 * 20
+
+
+def test_einsum_spec_computes_the_same_product():
+  # The PyTorch column runs each product as an einsum of these subscripts;
+  # numpy's einsum takes the same ones.
+  rng = np.random.default_rng(0)
+  cases = [
+      ((3, 4), (4, 5), (((1,), (0,)), ((), ()))),  # x @ w
+      ((3, 4), (5, 4), (((1,), (1,)), ((), ()))),  # x @ w.T
+      ((4, 3), (4, 5), (((0,), (0,)), ((), ()))),  # x.T @ w (a gradient)
+      ((2, 6, 3, 4), (2, 6, 4, 5),                  # attention's batched form
+       (((3,), (2,)), ((0, 1), (0, 1)))),
+      ((6, 2, 3), (2, 6, 3, 5),                     # batch axes out of order
+       (((2,), (2,)), ((0, 1), (1, 0)))),
+      ((3, 4, 5), (4, 5, 6), (((1, 2), (0, 1)), ((), ()))),
+  ]
+  for a_shape, b_shape, dims in cases:
+    a = rng.standard_normal(a_shape)
+    b = rng.standard_normal(b_shape)
+    key = (a_shape, "float32", b_shape, "float32", dims, None)
+    want = jax.lax.dot_general(jnp.asarray(a, jnp.float32),
+                               jnp.asarray(b, jnp.float32), dims)
+    got = np.einsum(dot_floor.einsum_spec(key), a, b)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                               err_msg=str(dims))
+
+
+def test_torch_column_times_each_product_in_a_child():
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  keys = [((8, 16), "float32", (16, 4), "float32", (((1,), (0,)), ((), ())),
+           None),
+          ((2, 8, 16), "bfloat16", (2, 16, 4), "bfloat16",
+           (((2,), (1,)), ((0,), (0,))), "float32")]
+  seconds = dot_floor.torch_seconds(keys, repeats=2)
+  assert seconds is not None and len(seconds) == 2
+  assert all(0 < t < 1 for t in seconds), seconds

@@ -235,14 +235,15 @@ class DataParallelRowsTest(absltest.TestCase):
         sample, mesh,
         in_shardings=(whole, whole, partitioning.batch_sharding(mesh), whole))
 
-  def _sampler(self, mesh):
+  @staticmethod
+  def _sample(policy, ref, inputs, rng):
+    """The tests' mixture sampler call (two completions, beta = 0.25)."""
     cfg = sampling.SamplingConfig(max_decode_length=T)
+    return rollouts.sample_mixture(MODEL, policy, MODEL, ref, inputs, rng,
+                                   cfg, beta=0.25, repeats=2)
 
-    def run(policy, ref, inputs, rng):
-      return rollouts.sample_mixture(MODEL, policy, MODEL, ref, inputs, rng,
-                                     cfg, beta=0.25, repeats=2)
-
-    return self._on_mesh(run, mesh)
+  def _sampler(self, mesh):
+    return self._on_mesh(self._sample, mesh)
 
   def test_decoding_steps_exchange_nothing_between_devices(self):
     policy, ref, inputs = self._models()
@@ -287,16 +288,10 @@ class DataParallelRowsTest(absltest.TestCase):
     self.assertIsInstance(inputs, np.ndarray)
     for leaf in jax.tree.leaves((policy, ref)):
       self.assertFalse(leaf.committed)
-    cfg = sampling.SamplingConfig(max_decode_length=T)
-
-    def run(policy, ref, inputs, rng):
-      return rollouts.sample_mixture(MODEL, policy, MODEL, ref, inputs, rng,
-                                     cfg, beta=0.25, repeats=2).tokens
-
     placed = self._sampler(self.mesh)(policy, ref, inputs, rng).tokens
-    plain = partitioning.sharded_jit(run, self.mesh)
+    plain = partitioning.sharded_jit(self._sample, self.mesh)
     np.testing.assert_array_equal(
-        plain(policy, ref, inputs, rng), placed)
+        plain(policy, ref, inputs, rng).tokens, placed)
     self.assertIn(f"s32[{2 * B // 4},{T}]",  # Still split by rows.
                   plain.lower(policy, ref, inputs, rng).compile().as_text())
 
